@@ -1,0 +1,149 @@
+// SPDX-License-Identifier: MIT
+// Reader for llama2.c checkpoints (a Llama-architecture model as a header of 7 int32 and
+// float32 arrays), validated against the file size, for tests and examples on real weights.
+#pragma once
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core.hpp"
+
+namespace qift {
+
+/// The 7-int32 header. `shared_classifier` is true when the file's vocab_size was positive
+/// (the classifier reuses the token embedding); vocab_size is stored here as its magnitude.
+struct llama2c_config {
+    int dim = 0, hidden_dim = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, vocab_size = 0,
+        seq_len = 0;
+    bool shared_classifier = true;
+
+    int head_dim() const noexcept { return dim / n_heads; }
+    int kv_dim() const noexcept { return head_dim() * n_kv_heads; }
+};
+
+/// One transformer layer; linear weights are row-major [out][in] (y = W·x).
+struct llama2c_layer {
+    std::vector<float> rms_att;  ///< [dim]
+    matrix<float> wq;            ///< [dim][dim]
+    matrix<float> wk;            ///< [kv_dim][dim]
+    matrix<float> wv;            ///< [kv_dim][dim]
+    matrix<float> wo;            ///< [dim][dim]
+    std::vector<float> rms_ffn;  ///< [dim]
+    matrix<float> w1;            ///< gate [hidden][dim]
+    matrix<float> w2;            ///< down [dim][hidden]
+    matrix<float> w3;            ///< up [hidden][dim]
+};
+
+/// A whole checkpoint. `classifier` is [vocab][dim]: a copy of the embedding when shared.
+struct llama2c_model {
+    llama2c_config config;
+    matrix<float> token_embedding;  ///< [vocab][dim]
+    std::vector<llama2c_layer> layers;
+    std::vector<float> rms_final;  ///< [dim]
+    matrix<float> classifier;      ///< [vocab][dim]
+};
+
+namespace detail {
+
+inline void check_llama2c_config(const llama2c_config& c, const std::string& path) {
+    const auto field = [&](const char* name, int v, int lo, int hi) {
+        require(v >= lo && v <= hi, [&] {
+            return "load_llama2c: " + path + ": header field " + name + " = " + std::to_string(v) +
+                   " is outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+        });
+    };
+    field("dim", c.dim, 1, 1 << 16);
+    field("hidden_dim", c.hidden_dim, 1, 1 << 18);
+    field("n_layers", c.n_layers, 1, 1024);
+    field("n_heads", c.n_heads, 1, c.dim);
+    field("n_kv_heads", c.n_kv_heads, 1, c.n_heads);
+    field("vocab_size", c.vocab_size, 1, 1 << 21);
+    field("seq_len", c.seq_len, 1, 1 << 20);
+    require(c.dim % c.n_heads == 0 && c.head_dim() % 2 == 0, [&] {
+        return "load_llama2c: " + path + ": dim " + std::to_string(c.dim) +
+               " is not an even multiple of n_heads " + std::to_string(c.n_heads);
+    });
+    require(c.n_heads % c.n_kv_heads == 0, [&] {
+        return "load_llama2c: " + path + ": n_heads " + std::to_string(c.n_heads) +
+               " is not a multiple of n_kv_heads " + std::to_string(c.n_kv_heads);
+    });
+}
+
+}  // namespace detail
+
+/// Number of float32 values the checkpoint holds after its header.
+inline std::uint64_t llama2c_float_count(const llama2c_config& c) {
+    const std::uint64_t d = std::uint64_t(c.dim), h = std::uint64_t(c.hidden_dim),
+                        L = std::uint64_t(c.n_layers), v = std::uint64_t(c.vocab_size),
+                        kv = std::uint64_t(c.kv_dim()), s = std::uint64_t(c.seq_len),
+                        hd = std::uint64_t(c.head_dim());
+    return v * d + L * (d + d * d + 2 * kv * d + d * d + d + 3 * h * d) + d + s * hd +
+           (c.shared_classifier ? 0 : v * d);
+}
+
+/// Loads a llama2.c checkpoint (format: shared/models/README.md). Throws qift::error if the
+/// file cannot be read, a header field is nonsensical, or the size is not exactly the size
+/// the header implies (truncated or oversized), naming both sizes.
+inline llama2c_model load_llama2c(const std::string& path) {
+    std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
+    detail::require(f != nullptr, [&] {
+        return "load_llama2c: cannot open " + path + ": " + std::strerror(errno);
+    });
+    std::fseek(f.get(), 0, SEEK_END);
+    const long file_size = std::ftell(f.get());
+    std::fseek(f.get(), 0, SEEK_SET);
+    std::int32_t h[7] = {};
+    detail::require(file_size >= 28 && std::fread(h, sizeof(std::int32_t), 7, f.get()) == 7, [&] {
+        return "load_llama2c: " + path + " is " + std::to_string(file_size) +
+               " bytes, too short for the 28-byte header";
+    });
+    llama2c_model m;
+    auto& c = m.config;
+    c = {h[0], h[1], h[2], h[3], h[4], h[5] < 0 ? -h[5] : h[5], h[6], h[5] > 0};
+    detail::check_llama2c_config(c, path);
+    const std::uint64_t expected = 28 + 4 * llama2c_float_count(c);
+    detail::require(static_cast<std::uint64_t>(file_size) == expected, [&] {
+        return "load_llama2c: " + path + " is " + std::to_string(file_size) +
+               " bytes but its header implies " + std::to_string(expected) +
+               (static_cast<std::uint64_t>(file_size) < expected ? " (truncated)" : " (oversized)");
+    });
+    const auto read = [&](float* dst, std::size_t n) {
+        detail::require(std::fread(dst, sizeof(float), n, f.get()) == n,
+                        [&] { return "load_llama2c: read error in " + path; });
+    };
+    const auto read_matrix = [&](std::size_t rows, std::size_t cols) {
+        matrix<float> w(rows, cols);
+        read(w.data(), w.size());
+        return w;
+    };
+    const auto read_vector = [&](std::size_t n) {
+        std::vector<float> v(n);
+        read(v.data(), n);
+        return v;
+    };
+    const std::size_t d = std::size_t(c.dim), hd = std::size_t(c.hidden_dim),
+                      kv = std::size_t(c.kv_dim()), v = std::size_t(c.vocab_size);
+    m.token_embedding = read_matrix(v, d);
+    m.layers.resize(std::size_t(c.n_layers));
+    // llama2.c stores each weight kind for all layers contiguously.
+    for (auto& l : m.layers) l.rms_att = read_vector(d);
+    for (auto& l : m.layers) l.wq = read_matrix(d, d);
+    for (auto& l : m.layers) l.wk = read_matrix(kv, d);
+    for (auto& l : m.layers) l.wv = read_matrix(kv, d);
+    for (auto& l : m.layers) l.wo = read_matrix(d, d);
+    for (auto& l : m.layers) l.rms_ffn = read_vector(d);
+    for (auto& l : m.layers) l.w1 = read_matrix(hd, d);
+    for (auto& l : m.layers) l.w2 = read_matrix(d, hd);
+    for (auto& l : m.layers) l.w3 = read_matrix(hd, d);
+    m.rms_final = read_vector(d);
+    (void)read_vector(std::size_t(c.seq_len) * std::size_t(c.head_dim()));  // legacy freq_cis
+    m.classifier = c.shared_classifier ? m.token_embedding : read_matrix(v, d);
+    return m;
+}
+
+}  // namespace qift

@@ -1,0 +1,10 @@
+// SPDX-License-Identifier: MIT
+// Umbrella header: includes every public qift header and nothing else.
+#pragma once
+
+#include "core.hpp"
+#include "levels.hpp"
+#include "llama2c.hpp"
+#include "pack.hpp"
+#include "scale.hpp"
+#include "stats.hpp"

@@ -1,0 +1,30 @@
+// SPDX-License-Identifier: MIT
+// Small helpers shared by the test files: seeded random matrices.
+#pragma once
+
+#include <qift/core.hpp>
+
+#include <cstdint>
+#include <random>
+
+namespace qift::test {
+
+inline matrix<float> gaussian_matrix(std::size_t rows, std::size_t cols, std::uint32_t seed,
+                                     float sigma = 1.0f) {
+    std::mt19937 gen(seed);
+    std::normal_distribution<float> nd(0.0f, sigma);
+    matrix<float> m(rows, cols);
+    for (auto& x : m.flat()) x = nd(gen);
+    return m;
+}
+
+inline matrix<std::uint8_t> random_codes(std::size_t rows, std::size_t cols, unsigned bits,
+                                         std::uint32_t seed) {
+    std::mt19937 gen(seed);
+    std::uniform_int_distribution<int> d(0, (1 << bits) - 1);
+    matrix<std::uint8_t> m(rows, cols);
+    for (auto& x : m.flat()) x = static_cast<std::uint8_t>(d(gen));
+    return m;
+}
+
+}  // namespace qift::test
