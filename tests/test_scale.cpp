@@ -66,7 +66,7 @@ TEST_CASE("the {±r, ±1} ratio sweep has its minimum inside 0.25-0.33") {
     CHECK(best <= 33);
 }
 
-TEST_CASE("a max-based scale makes MNZ no better than asymmetric W2; searching fixes it") {
+TEST_CASE("a max-based scale makes MNZ no better than asymmetric W2, searching fixes it") {
     const auto w = test::gaussian_matrix(64, 4096, 3);
     scale_options max_rule;
     max_rule.rule = scale_rule::max;

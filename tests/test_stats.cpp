@@ -38,7 +38,7 @@ TEST_CASE("exact moments of a small sample") {
     CHECK(c.qq_error == 0.0);
 }
 
-TEST_CASE("Gaussian rows look Gaussian; Laplace and Student-t rows do not") {
+TEST_CASE("Gaussian rows look Gaussian, Laplace and Student-t rows do not") {
     const auto g = test::gaussian_matrix(8, 50000, 21, 3.0f);
     const auto sg = matrix_stats(g);
     CHECK(sg.mean == doctest::Approx(0.0).epsilon(0.02));
