@@ -92,7 +92,8 @@ std::vector<std::pair<double, double>> ratio_sweep(const matrix<float>& w,
     return {{N / 100.0, relative_mse(w, fake_quantize<levels::ratio<N>>(w, refine))}...};
 }
 
-void report(const named_matrix& m, const options& opt, bool sweep) {
+// Returns the per-level-set rows so the caller can summarise over matrices.
+std::vector<row_result> report(const named_matrix& m, const options& opt, bool sweep) {
     const auto stats = row_stats(m.w);
     const double kurt = mean_of(stats, &distribution_stats::excess_kurtosis);
     const double qq = mean_of(stats, &distribution_stats::qq_error);
@@ -109,7 +110,7 @@ void report(const named_matrix& m, const options& opt, bool sweep) {
         for (const auto& [ratio, e] : sw)
             std::printf("%s,%zu,%zu,%.6f,%.6f,ratio_%.2f,2,,,%.6f\n", m.name.c_str(), m.w.rows(),
                         m.w.cols(), kurt, qq, ratio, e);
-        return;
+        return rows;
     }
     std::printf("\n%s  [%zu x %zu]  excess kurtosis %.3f, Q-Q error %.4f (means over rows)\n",
                 m.name.c_str(), m.w.rows(), m.w.cols(), kurt, qq);
@@ -126,6 +127,22 @@ void report(const named_matrix& m, const options& opt, bool sweep) {
         for (std::size_t i = 0; i < sw.size(); ++i)
             std::printf("%s r=%.2f %.5f", i % 4 == 0 ? "\n   " : "", sw[i].first, sw[i].second);
         std::printf("\n  minimum at r = %.2f\n", sw[best].first);
+    }
+    return rows;
+}
+
+void summarize(const std::vector<std::vector<row_result>>& all) {
+    std::printf("\nmean over the %zu matrices\n", all.size());
+    std::printf("  %-11s %4s %11s %11s %11s\n", "level set", "bits", "max scale", "searched",
+                "searched+LS");
+    for (std::size_t i = 0; i < all.front().size(); ++i) {
+        double a = 0, b = 0, c = 0;
+        for (const auto& rows : all)
+            a += rows[i].max_scale, b += rows[i].searched, c += rows[i].refined;
+        const double n = static_cast<double>(all.size());
+        const auto& r = all.front()[i];
+        std::printf("  %-11.*s %4u %11.5f %11.5f %11.5f\n", int(r.level_set.size()),
+                    r.level_set.data(), r.bits, a / n, b / n, c / n);
     }
 }
 
@@ -190,7 +207,9 @@ int main(int argc, char** argv) {
             std::puts(
                 "qift level study: relative MSE ||W - Q(W)||^2 / ||W||^2, per-channel scale, "
                 "round-to-nearest");
-        for (const auto& m : mats) report(m, opt, opt.model.empty());
+        std::vector<std::vector<row_result>> all;
+        for (const auto& m : mats) all.push_back(report(m, opt, opt.model.empty()));
+        if (!opt.csv && !opt.model.empty()) summarize(all);
     } catch (const qift::error& e) {
         std::fprintf(stderr, "level_study: %s\n", e.what());
         return 1;

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: MIT
-# Runs PROGRAM, which must fail (non-zero exit or abort) with output matching EXPECT.
-execute_process(COMMAND ${PROGRAM} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+# Runs PROGRAM with the ;-list ARGS, which must fail (non-zero exit or abort) with output matching EXPECT.
+execute_process(COMMAND ${PROGRAM} ${ARGS} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(rc EQUAL 0)
   message(FATAL_ERROR "${PROGRAM} succeeded but was expected to fail")
 endif()
