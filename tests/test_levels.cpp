@@ -158,8 +158,8 @@ TEST_CASE("NF2 levels are midpoints of adjacent N(0,1) quantiles at linspace(1-o
     std::vector<double> q;
     for (int i = 0; i < 5; ++i) q.push_back(normal_quantile(1.0 - o + i * (2.0 * o - 1.0) / 4.0));
     std::vector<double> mid;
-    for (int i = 0; i < 4; ++i) mid.push_back(0.5 * (q[i] + q[i + 1]));
-    for (int i = 0; i < 4; ++i)
+    for (std::size_t i = 0; i < 4; ++i) mid.push_back(0.5 * (q[i] + q[i + 1]));
+    for (std::size_t i = 0; i < 4; ++i)
         CHECK(levels::nf2::levels[i] == doctest::Approx(mid[i] / mid[3]).epsilon(1e-6));
     CHECK(level_traits<levels::nf2>::inner_outer_ratio == doctest::Approx(0.2526).epsilon(1e-3));
 }

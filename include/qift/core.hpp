@@ -188,8 +188,10 @@ inline void std_thread_executor(std::size_t n, const range_fn& body) {
     std::vector<std::thread> pool;
     pool.reserve(threads - 1);
     const std::size_t chunk = (n + threads - 1) / threads;
+#if QIFT_HAS_EXCEPTIONS
     std::exception_ptr first_error;
     std::mutex error_mutex;
+#endif
     // An exception escaping a worker thread would terminate: carry the first one back.
     auto run = [&](std::size_t b, std::size_t e) {
 #if QIFT_HAS_EXCEPTIONS
