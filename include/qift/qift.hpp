@@ -3,8 +3,10 @@
 #pragma once
 
 #include "core.hpp"
+#include "gptq.hpp"
 #include "levels.hpp"
 #include "llama2c.hpp"
+#include "npy.hpp"
 #include "pack.hpp"
 #include "scale.hpp"
 #include "stats.hpp"

@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: MIT
+// Tests of npy.hpp: round trips through files and memory, bytes NumPy itself writes, and a clear
+// error for every kind of malformed or truncated file.
+#include <doctest/doctest.h>
+
+#include <qift/npy.hpp>
+
+#include <unistd.h>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+using namespace qift;
+
+namespace {
+
+// What np.save writes for np.arange(6, dtype='<f4').reshape(2, 3) (version 1.0, 128-byte
+// header in NumPy ≥ 2; the reader accepts any padding).
+std::string numpy_bytes(const std::string& descr, const std::string& shape,
+                        const std::string& payload, bool fortran = false) {
+    std::string dict = "{'descr': '" + descr +
+                       "', 'fortran_order': " + (fortran ? "True" : "False") +
+                       ", 'shape': " + shape + ", }";
+    dict.append((64 - (10 + dict.size() + 1) % 64) % 64, ' ');
+    dict += '\n';
+    std::string out("\x93NUMPY\x01\x00", 8);
+    out += static_cast<char>(dict.size() & 0xff);
+    out += static_cast<char>(dict.size() >> 8);
+    return out + dict + payload;
+}
+
+std::string floats_le(std::initializer_list<float> v) {
+    std::string s;
+    for (float x : v) s.append(reinterpret_cast<const char*>(&x), sizeof x);
+    return s;
+}
+
+std::filesystem::path temp_file(const std::string& name) {
+    return std::filesystem::temp_directory_path() /
+           ("qift_test_npy_" + std::to_string(::getpid()) + "_" + name);
+}
+
+}  // namespace
+
+TEST_CASE("npy: matrices round-trip through files") {
+    matrix<float> m(3, 5);
+    for (std::size_t i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(i) * 0.5f - 3.0f;
+    const auto path = temp_file("f32.npy");
+    write_npy<float>(path.string(), m.view());
+    const matrix<float> back = read_npy_matrix<float>(path.string());
+    CHECK(back.rows() == 3);
+    CHECK(back.cols() == 5);
+    CHECK(std::ranges::equal(back.flat(), m.flat()));
+    // float32 file read as double
+    const matrix<double> as_double = read_npy_matrix<double>(path.string());
+    CHECK(as_double(2, 4) == double(m(2, 4)));
+    // A strided view writes only its columns.
+    write_npy<float>(path.string(), matrix_view<const float>(m.data(), 3, 2, 5));
+    const matrix<float> sub = read_npy_matrix<float>(path.string());
+    CHECK(sub.cols() == 2);
+    CHECK(sub(2, 1) == m(2, 1));
+    // uint8 codes
+    matrix<std::uint8_t> codes(2, 4);
+    for (std::size_t i = 0; i < codes.size(); ++i) codes.data()[i] = static_cast<std::uint8_t>(i);
+    write_npy<std::uint8_t>(path.string(), codes.view());
+    CHECK(std::ranges::equal(read_npy_matrix<std::uint8_t>(path.string()).flat(), codes.flat()));
+    CHECK_THROWS_WITH_AS(read_npy_matrix<std::int32_t>(path.string()),
+                         doctest::Contains("expected 'i4'"), qift::error);
+    std::filesystem::remove(path);
+    CHECK_THROWS_WITH_AS(read_npy<float>(path.string()), doctest::Contains("cannot open"),
+                         qift::error);
+}
+
+TEST_CASE("npy: header layout, shapes of every rank") {
+    const std::vector<double> v{1.0, -2.0, 3.5};
+    const std::size_t shape1[1] = {3};
+    const std::string bytes = format_npy<double>(v, shape1);
+    CHECK(bytes.find("'shape': (3,)") != std::string::npos);
+    CHECK(bytes.find("'descr': '<f8'") != std::string::npos);
+    CHECK((bytes.size() - v.size() * sizeof(double)) % 64 == 0);
+    const npy_array<double> a = parse_npy<double>(bytes);
+    CHECK(a.shape == std::vector<std::size_t>{3});
+    CHECK(a.data[2] == 3.5);
+    const std::vector<float> scalar{7.0f};
+    const npy_array<float> s = parse_npy<float>(format_npy<float>(scalar, {}));
+    CHECK(s.shape.empty());
+    CHECK(s.data[0] == 7.0f);
+    const std::vector<float> empty;
+    const std::size_t shape0[2] = {0, 4};
+    const npy_array<float> e = parse_npy<float>(format_npy<float>(empty, shape0));
+    CHECK(e.shape == std::vector<std::size_t>{0, 4});
+    const std::size_t wrong[2] = {2, 2};
+    CHECK_THROWS_AS(format_npy<double>(v, wrong), qift::error);
+}
+
+TEST_CASE("npy: reads what NumPy writes, including big-endian and version 2.0") {
+    const auto a = parse_npy<float>(numpy_bytes("<f4", "(2, 3)", floats_le({0, 1, 2, 3, 4, 5})));
+    CHECK(a.shape == std::vector<std::size_t>{2, 3});
+    CHECK(a.data[4] == 4.0f);
+    std::string be;
+    for (float x : {1.5f, -2.0f}) {
+        const auto* p = reinterpret_cast<const char*>(&x);
+        for (int b = 3; b >= 0; --b) be += p[b];
+    }
+    const auto b = parse_npy<float>(numpy_bytes(">f4", "(2,)", be));
+    CHECK(b.data[0] == 1.5f);
+    CHECK(b.data[1] == -2.0f);
+    // Version 2.0: 4-byte header length.
+    std::string v1 = numpy_bytes("<f4", "(1,)", floats_le({9}));
+    const std::string dict = v1.substr(10, v1.size() - 10 - 4);
+    std::string v2("\x93NUMPY\x02\x00", 8);
+    v2 += static_cast<char>(dict.size() & 0xff);
+    v2 += static_cast<char>(dict.size() >> 8);
+    v2 += std::string(2, '\0');
+    v2 += dict + floats_le({9});
+    CHECK(parse_npy<float>(v2).data[0] == 9.0f);
+    // Keys in another order, double quotes, no trailing comma.
+    std::string odd = "{\"shape\": (1, 1), 'fortran_order': False, 'descr': '<f4'}";
+    odd += '\n';
+    std::string f("\x93NUMPY\x01\x00", 8);
+    f += static_cast<char>(odd.size());
+    f += '\0';
+    CHECK(parse_npy<float>(f + odd + floats_le({4})).data[0] == 4.0f);
+}
+
+TEST_CASE("npy: malformed and truncated files fail with clear errors") {
+    const std::string good = numpy_bytes("<f4", "(2, 3)", floats_le({0, 1, 2, 3, 4, 5}));
+    const auto fails_with = [](const std::string& bytes, const char* text) {
+        CAPTURE(text);
+        CHECK_THROWS_WITH_AS(parse_npy<float>(bytes, "x.npy"), doctest::Contains(text),
+                             qift::error);
+    };
+    fails_with("", "too short");
+    fails_with("PK\x03\x04 not numpy at all", "bad magic");
+    std::string v = good;
+    v[6] = 9;
+    fails_with(v, "version 9.0");
+    fails_with(good.substr(0, 40), "truncated header");
+    fails_with(good.substr(0, good.size() - 3), "truncated data");
+    fails_with(good + "xx", "2 unexpected bytes");
+    fails_with(numpy_bytes("<f4", "(2, 3)", floats_le({0, 1, 2, 3, 4, 5}), true), "fortran_order");
+    fails_with(numpy_bytes("<c8", "(1,)", floats_le({0, 0})), "unsupported dtype '<c8'");
+    fails_with(numpy_bytes("<f2", "(1,)", "ab"), "float16");
+    fails_with(numpy_bytes("<f4", "(2, x)", ""), "malformed header");
+    std::string missing = "{'descr': '<f4', 'shape': (1,), }";
+    missing += '\n';
+    std::string m("\x93NUMPY\x01\x00", 8);
+    m += static_cast<char>(missing.size());
+    m += '\0';
+    fails_with(m + missing + floats_le({1}), "lacks the key 'fortran_order'");
+    std::string no_newline = good;
+    no_newline[no_newline.size() - 24 - 1] = ' ';
+    fails_with(no_newline, "newline");
+    fails_with(numpy_bytes("<f4", "(99999999999, 99999999999, 99999999999)", ""), "overflow");
+    // The file name is in the message.
+    CHECK_THROWS_WITH_AS(parse_npy<float>("", "weights.npy"), doctest::Contains("weights.npy"),
+                         qift::error);
+}
