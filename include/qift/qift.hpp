@@ -4,6 +4,7 @@
 
 #include "core.hpp"
 #include "gptq.hpp"
+#include "hadamard.hpp"
 #include "levels.hpp"
 #include "llama2c.hpp"
 #include "npy.hpp"

@@ -1,0 +1,222 @@
+// SPDX-License-Identifier: MIT
+// Hadamard matrices without tables: prime-power arithmetic in GF(p^k), the Paley I and II
+// constructions, and the search for the cheapest factorization n = K_1 ··· K_t · 2^m.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace qift::detail {
+
+/// Largest order of one non-power-of-two Hadamard block: its float matrix is then at most
+/// 16 MiB, and the block mix costs K multiply-adds per element.
+inline constexpr std::size_t max_hadamard_block = 2048;
+
+struct prime_power {
+    std::size_t p = 0;
+    unsigned k = 0;
+};
+
+/// q = p^k with p prime and k >= 1, or nothing.
+inline std::optional<prime_power> as_prime_power(std::size_t q) noexcept {
+    if (q < 2) return std::nullopt;
+    std::size_t p = q;
+    for (std::size_t d = 2; d * d <= q; ++d)
+        if (q % d == 0) {
+            p = d;
+            break;
+        }
+    unsigned k = 0;
+    while (q % p == 0) {
+        q /= p;
+        ++k;
+    }
+    if (q != 1) return std::nullopt;
+    return prime_power{p, k};
+}
+
+/// Which Paley construction gives a Hadamard matrix of order c: 1 (Paley I, q = c - 1 a prime
+/// power, q ≡ 3 mod 4), 2 (Paley II, q = c/2 - 1 a prime power, q ≡ 1 mod 4), or 0.
+inline int paley_kind(std::size_t c) noexcept {
+    if (c < 4 || c % 4 != 0 || c > max_hadamard_block) return 0;
+    if ((c - 1) % 4 == 3 && as_prime_power(c - 1)) return 1;
+    if ((c / 2 - 1) % 4 == 1 && as_prime_power(c / 2 - 1)) return 2;
+    return 0;
+}
+
+/// GF(p^k): element e <-> polynomial Σ digit_i(e) x^i with base-p digits, reduced modulo a
+/// monic irreducible polynomial of degree k found by search.
+class galois_field {
+  public:
+    explicit galois_field(prime_power pk) : p_(pk.p), k_(pk.k), q_(1) {
+        for (unsigned i = 0; i < k_; ++i) q_ *= p_;
+        if (k_ > 1) modulus_ = find_irreducible();
+    }
+
+    std::size_t order() const noexcept { return q_; }
+
+    std::size_t sub(std::size_t a, std::size_t b) const noexcept {
+        std::size_t r = 0, place = 1;
+        for (unsigned i = 0; i < k_; ++i, a /= p_, b /= p_, place *= p_)
+            r += ((a % p_ + p_ - b % p_) % p_) * place;
+        return r;
+    }
+
+    std::size_t mul(std::size_t a, std::size_t b) const {
+        if (k_ == 1) return a * b % p_;
+        std::vector<std::size_t> x = digits(a), y = digits(b), prod(2 * k_ - 1, 0);
+        for (unsigned i = 0; i < k_; ++i)
+            for (unsigned j = 0; j < k_; ++j) prod[i + j] = (prod[i + j] + x[i] * y[j]) % p_;
+        reduce(prod, modulus_);
+        std::size_t r = 0;
+        for (unsigned i = k_; i-- > 0;) r = r * p_ + prod[i];
+        return r;
+    }
+
+    /// Quadratic character: 0 for 0, +1 for a nonzero square, -1 otherwise.
+    std::vector<int> quadratic_character() const {
+        std::vector<int> chi(q_, -1);
+        chi[0] = 0;
+        for (std::size_t x = 1; x < q_; ++x) chi[mul(x, x)] = 1;
+        return chi;
+    }
+
+  private:
+    std::vector<std::size_t> digits(std::size_t a) const {
+        std::vector<std::size_t> d(k_);
+        for (unsigned i = 0; i < k_; ++i, a /= p_) d[i] = a % p_;
+        return d;
+    }
+
+    // Remainder of `a` (coefficients low to high) modulo the monic `m`, left in a[0 .. deg m).
+    void reduce(std::vector<std::size_t>& a, const std::vector<std::size_t>& m) const {
+        const std::size_t d = m.size() - 1;
+        for (std::size_t top = a.size(); top-- > d;) {
+            const std::size_t c = a[top] % p_;
+            if (c == 0) continue;
+            for (std::size_t i = 0; i <= d; ++i)
+                a[top - d + i] = (a[top - d + i] + (p_ - c) * m[i]) % p_;
+        }
+        a.resize(d);
+    }
+
+    // First monic polynomial of degree k with no monic factor of degree 1 .. k/2.
+    std::vector<std::size_t> find_irreducible() const {
+        for (std::size_t low = 1; low < q_; ++low) {
+            std::vector<std::size_t> f = digits(low);
+            f.push_back(1);
+            if (f[0] == 0) continue;
+            bool irreducible = true;
+            for (unsigned deg = 1; irreducible && 2 * deg <= k_; ++deg) {
+                std::size_t count = 1;
+                for (unsigned i = 0; i < deg; ++i) count *= p_;
+                for (std::size_t g_low = 0; irreducible && g_low < count; ++g_low) {
+                    std::vector<std::size_t> g(deg + 1, 1);
+                    for (unsigned i = 0; i < deg; ++i) g[i] = (g_low / pow(i)) % p_;
+                    std::vector<std::size_t> r = f;
+                    reduce(r, g);
+                    irreducible = std::any_of(r.begin(), r.end(), [](std::size_t c) { return c; });
+                }
+            }
+            if (irreducible) return f;
+        }
+        return {};  // unreachable: an irreducible polynomial of every degree exists
+    }
+
+    std::size_t pow(unsigned e) const noexcept {
+        std::size_t r = 1;
+        while (e--) r *= p_;
+        return r;
+    }
+
+    std::size_t p_;
+    unsigned k_;
+    std::size_t q_;
+    std::vector<std::size_t> modulus_;
+};
+
+/// The Paley Hadamard matrix of order c (paley_kind(c) != 0) as c×c row-major ±1 entries.
+/// Paley I: H = I + S, S = [[0, 1ᵀ], [-1, Q]]; Paley II: the symmetric conference matrix
+/// C = [[0, 1ᵀ], [1, Q]] with 0 -> [[1, -1], [-1, -1]] and ±1 -> ±[[1, 1], [1, -1]]; Q is
+/// the Jacobsthal matrix Q[a][b] = χ(a - b) of GF(q). O(c² log q).
+inline std::vector<std::int8_t> paley_matrix(std::size_t c) {
+    const int kind = paley_kind(c);
+    const std::size_t q = kind == 1 ? c - 1 : c / 2 - 1;
+    const galois_field field(*as_prime_power(q));
+    const std::vector<int> chi = field.quadratic_character();
+    // Conference-type core of order q + 1: s(i, j) for i, j in 0..q.
+    auto core = [&](std::size_t i, std::size_t j) -> int {
+        if (i == 0 && j == 0) return 0;
+        if (i == 0) return 1;
+        if (j == 0) return kind == 1 ? -1 : 1;
+        return chi[field.sub(i - 1, j - 1)];
+    };
+    std::vector<std::int8_t> h(c * c);
+    if (kind == 1) {
+        for (std::size_t i = 0; i < c; ++i)
+            for (std::size_t j = 0; j < c; ++j)
+                h[i * c + j] = static_cast<std::int8_t>(i == j ? 1 : core(i, j));
+    } else {
+        const std::size_t m = q + 1;
+        for (std::size_t i = 0; i < m; ++i)
+            for (std::size_t j = 0; j < m; ++j) {
+                const int s = core(i, j);
+                for (std::size_t a = 0; a < 2; ++a)
+                    for (std::size_t b = 0; b < 2; ++b) {
+                        int v;
+                        if (s == 0)
+                            v = (a == 0 && b == 0) ? 1 : -1;
+                        else
+                            v = s * ((a == 1 && b == 1) ? -1 : 1);
+                        h[(2 * i + a) * c + 2 * j + b] = static_cast<std::int8_t>(v);
+                    }
+            }
+    }
+    return h;
+}
+
+/// n = blocks[0] · blocks[1] ··· · power_of_two with every block a Paley order.
+struct hadamard_blocks {
+    std::size_t power_of_two = 1;
+    std::vector<std::size_t> blocks;
+    std::size_t cost() const noexcept {
+        std::size_t s = 0;
+        for (std::size_t b : blocks) s += b;
+        return s;
+    }
+};
+
+// Cheapest (smallest Σ blocks) way to write odd · 2^twos as Paley blocks times a power of two.
+inline std::optional<hadamard_blocks> cheapest_blocks(std::size_t odd, unsigned twos) {
+    if (odd == 1) return hadamard_blocks{std::size_t{1} << twos, {}};
+    std::optional<hadamard_blocks> best;
+    for (std::size_t d = 3; d <= odd && 4 * d <= max_hadamard_block; d += 2) {
+        if (odd % d != 0) continue;
+        for (unsigned a = 2; a <= twos && (d << a) <= max_hadamard_block; ++a) {
+            if (!paley_kind(d << a)) continue;
+            auto rest = cheapest_blocks(odd / d, twos - a);
+            if (!rest) continue;
+            rest->blocks.insert(rest->blocks.begin(), d << a);
+            if (!best || rest->cost() < best->cost()) best = std::move(rest);
+        }
+    }
+    return best;
+}
+
+/// The cheapest factorization of n into Paley blocks and one power of two, or nothing.
+inline std::optional<hadamard_blocks> factor_hadamard_size(std::size_t n) {
+    if (n == 0) return std::nullopt;
+    unsigned twos = 0;
+    while (n % 2 == 0) {
+        n /= 2;
+        ++twos;
+    }
+    auto r = cheapest_blocks(n, twos);
+    if (r) std::sort(r->blocks.begin(), r->blocks.end());
+    return r;
+}
+
+}  // namespace qift::detail

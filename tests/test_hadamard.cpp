@@ -1,0 +1,445 @@
+// SPDX-License-Identifier: MIT
+// Tests of hadamard.hpp: the constructions (H·Hᵀ = n·I exactly), the SIMD kernels against
+// their scalar references, the transforms against the explicit matrix, and the rotations.
+#include <qift/hadamard.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+std::vector<float> random_vector(std::size_t n, std::uint32_t seed) {
+    std::mt19937 gen(seed);
+    std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+    std::vector<float> v(n);
+    for (float& x : v) x = dist(gen);
+    return v;
+}
+
+double norm(const std::vector<float>& v) {
+    double s = 0;
+    for (float x : v) s += static_cast<double>(x) * x;
+    return std::sqrt(s);
+}
+
+// ‖a - b‖ / ‖b‖ (or ‖a - b‖ when b = 0), in double.
+double relative_error(const std::vector<float>& a, const std::vector<double>& b) {
+    double d = 0, s = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        d += (a[i] - b[i]) * (a[i] - b[i]);
+        s += b[i] * b[i];
+    }
+    return std::sqrt(d) / (s > 0 ? std::sqrt(s) : 1.0);
+}
+
+double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
+    return relative_error(a, std::vector<double>(b.begin(), b.end()));
+}
+
+// y = scale · H x (or Hᵀ x) with the explicit matrix, in double.
+std::vector<double> explicit_product(const qift::matrix<float>& h, const std::vector<float>& x,
+                                     bool transpose, double scale) {
+    const std::size_t n = x.size();
+    std::vector<double> y(n, 0.0);
+    for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = 0; j < n; ++j)
+            y[i] += (transpose ? h(j, i) : h(i, j)) * static_cast<double>(x[j]);
+    for (double& v : y) v *= scale;
+    return y;
+}
+
+// H·Hᵀ == n·I exactly, with rows packed as sign bits: <r_i, r_j> = n - 2·popcount(r_i ^ r_j).
+bool is_hadamard(const qift::matrix<float>& h) {
+    const std::size_t n = h.rows(), words = (n + 63) / 64;
+    std::vector<std::uint64_t> bits(n * words, 0);
+    for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = 0; j < n; ++j) {
+            if (h(i, j) != 1.0f && h(i, j) != -1.0f) return false;
+            if (h(i, j) < 0) bits[i * words + j / 64] |= std::uint64_t{1} << (j % 64);
+        }
+    for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = i + 1; j < n; ++j) {
+            std::size_t differ = 0;
+            for (std::size_t w = 0; w < words; ++w)
+                differ += static_cast<std::size_t>(
+                    std::popcount(bits[i * words + w] ^ bits[j * words + w]));
+            if (2 * differ != n) return false;
+        }
+    return true;
+}
+
+}  // namespace
+
+TEST_CASE("hadamard: every constructible order up to 1024 gives H·Hᵀ = n·I exactly") {
+    std::string covered, missing;
+    std::size_t count = 0;
+    for (std::size_t n = 1; n <= 1024; ++n) {
+        if (n > 2 && n % 4 != 0) {
+            CHECK_FALSE(qift::is_hadamard_size(n));
+            continue;
+        }
+        if (!qift::is_hadamard_size(n)) {
+            if (n % 4 == 0) missing.append(" ").append(std::to_string(n));
+            continue;
+        }
+        CAPTURE(n);
+        const qift::matrix<float> h = qift::hadamard_matrix(n);
+        REQUIRE(h.rows() == n);
+        CHECK(is_hadamard(h));
+        if (n % 4 == 0) {
+            covered.append(" ").append(std::to_string(n));
+            ++count;
+        }
+    }
+    std::printf("hadamard: %zu of 256 multiples of 4 up to 1024 are covered:%s\n", count,
+                covered.c_str());
+    std::printf("hadamard: not covered:%s\n", missing.c_str());
+    CHECK(count == 198);
+}
+
+TEST_CASE("hadamard: the LLM dimensions are supported, with the cheapest blocks") {
+    struct expect {
+        std::size_t n, power_of_two;
+        std::vector<std::size_t> blocks;
+    };
+    const std::vector<expect> cases = {{4096, 4096, {}},
+                                       {5120, 256, {20}},
+                                       {8192, 8192, {}},
+                                       {11008, 32, {344}},
+                                       {13824, 8, {12, 12, 12}},
+                                       {14336, 512, {28}},
+                                       {18944, 128, {148}},
+                                       {28672, 1024, {28}},
+                                       {52, 1, {52}},
+                                       {108 * 128, 8, {12, 12, 12}}};
+    for (const auto& c : cases) {
+        CAPTURE(c.n);
+        const auto f = qift::find_hadamard_factorization(c.n);
+        REQUIRE(f.has_value());
+        CHECK(f->power_of_two == c.power_of_two);
+        CHECK(f->blocks == c.blocks);
+    }
+    // Paley I over GF(7³), GF(3³) and Paley II over GF(5²), the prime-power fields.
+    for (std::size_t k : {344u, 28u, 52u, 148u, 108u}) {
+        CAPTURE(k);
+        CHECK(qift::detail::paley_kind(k) != 0);
+    }
+    CHECK(qift::detail::paley_kind(344) == 1);
+    CHECK(qift::detail::paley_kind(52) == 2);
+    CHECK(is_hadamard(qift::hadamard_matrix(344)));
+}
+
+TEST_CASE("hadamard: unsupported sizes throw naming the nearest supported ones") {
+    CHECK_FALSE(qift::is_hadamard_size(172));
+    CHECK_FALSE(qift::is_hadamard_size(0));
+    const auto near = qift::supported_hadamard_sizes_near(172);
+    CHECK(near.below == 168);
+    CHECK(near.above == 176);
+    std::vector<float> x(172, 1.0f);
+    std::string msg;
+    try {
+        qift::hadamard_transform(x);
+    } catch (const qift::error& e) {
+        msg = e.what();
+    }
+    CHECK(msg.find("qift::hadamard_transform") != std::string::npos);
+    CHECK(msg.find("n = 172") != std::string::npos);
+    CHECK(msg.find("168 and 176") != std::string::npos);
+    CHECK(msg.find("random_orthogonal") != std::string::npos);
+    CHECK_THROWS_AS(qift::rotation::hadamard(172, 1), qift::error);
+    CHECK_THROWS_AS(qift::hadamard_matrix(172), qift::error);
+    std::vector<float> y(12, 1.0f);
+    CHECK_THROWS_WITH_AS(qift::fwht(y), doctest::Contains("n = 12"), qift::error);
+    std::vector<float> empty;
+    CHECK_THROWS_AS(qift::fwht(empty), qift::error);
+}
+
+TEST_CASE("hadamard: the transform equals the product with the explicit matrix") {
+    std::vector<std::size_t> sizes = {1,    2,   4,  8,  16, 32,  64,  128,     256,    512,
+                                      1024, 12,  20, 28, 36, 40,  52,  60,      108,    140,
+                                      144,  148, 24, 88, 96, 344, 688, 148 * 4, 28 * 16};
+    for (std::size_t n : sizes) {
+        CAPTURE(n);
+        const qift::matrix<float> h = qift::hadamard_matrix(n);
+        const std::vector<float> x = random_vector(n, static_cast<std::uint32_t>(n));
+        const double s = 1.0 / std::sqrt(static_cast<double>(n));
+        for (bool transpose : {false, true}) {
+            CAPTURE(transpose);
+            std::vector<float> y = x, z = x;
+            if (transpose) {
+                qift::hadamard_transform_transpose(y);
+                qift::hadamard_transform_transpose(z, qift::hadamard_norm::none);
+            } else {
+                qift::hadamard_transform(y);
+                qift::hadamard_transform(z, qift::hadamard_norm::none);
+            }
+            CHECK(relative_error(y, explicit_product(h, x, transpose, s)) < 1e-6);
+            CHECK(relative_error(z, explicit_product(h, x, transpose, 1.0)) < 1e-6);
+        }
+        if ((n & (n - 1)) == 0) {
+            std::vector<float> y = x;
+            qift::fwht(y);
+            CHECK(relative_error(y, explicit_product(h, x, false, s)) < 1e-6);
+        }
+    }
+}
+
+namespace {
+
+template <class Arch>
+void check_kernels_against_reference() {
+    for (std::size_t n = 1; n <= (std::size_t{1} << 17); n *= 2) {
+        CAPTURE(n);
+        const std::vector<float> x = random_vector(n, static_cast<std::uint32_t>(n + 7));
+        for (float scale : {1.0f, 0.125f, 0.3f}) {
+            std::vector<float> a = x, b = x;
+            qift::detail::fwht_kernel{}(Arch{}, a.data(), n, scale);
+            qift::detail::fwht_reference(b.data(), n, scale);
+            CHECK(relative_error(a, b) < 1e-6);
+        }
+    }
+    for (std::size_t k : {1u, 3u, 4u, 12u, 14u, 28u, 36u}) {
+        for (std::size_t cols : {1u, 3u, 7u, 8u, 15u, 16u, 17u, 31u, 32u, 33u, 48u, 100u}) {
+            CAPTURE(k);
+            CAPTURE(cols);
+            const std::vector<float> h = random_vector(k * k, 3);
+            const std::vector<float> in = random_vector(k * cols, 4);
+            std::vector<float> a(k * cols, 9.0f), b(k * cols, -9.0f);
+            std::vector<float> packed((k + 3) / 4 * 4 * k);
+            qift::detail::pack_mix_coefficients(h.data(), k, packed.data());
+            qift::detail::hadamard_mix_kernel{}(Arch{}, packed.data(), k, in.data(), a.data(),
+                                                cols);
+            qift::detail::hadamard_mix_reference(h.data(), k, in.data(), b.data(), cols);
+            CHECK(relative_error(a, b) < 1e-6);
+        }
+    }
+    // The transform through this architecture matches the default one.
+    for (std::size_t n : {4096u, 11008u, 14336u, 28u * 8u}) {
+        CAPTURE(n);
+        std::vector<float> a = random_vector(n, 5), b = a;
+        qift::hadamard_transform<Arch>(a);
+        qift::hadamard_transform(b);
+        CHECK(relative_error(a, b) < 1e-6);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("hadamard: SIMD kernels match the scalar references on every compiled target") {
+#if XSIMD_WITH_AVX512F
+    SUBCASE("avx512f") {
+        check_kernels_against_reference<xsimd::avx512f>();
+    }
+#endif
+#if XSIMD_WITH_FMA3_AVX2
+    SUBCASE("fma3<avx2>") {
+        check_kernels_against_reference<xsimd::fma3<xsimd::avx2>>();
+    }
+#endif
+#if XSIMD_WITH_AVX2
+    SUBCASE("avx2") {
+        check_kernels_against_reference<xsimd::avx2>();
+    }
+#endif
+#if XSIMD_WITH_SSE2
+    SUBCASE("sse2") {
+        check_kernels_against_reference<xsimd::sse2>();
+    }
+#endif
+    SUBCASE("default_arch") {
+        check_kernels_against_reference<xsimd::default_arch>();
+    }
+}
+
+TEST_CASE("hadamard: norm preserved and inverse round trip for the LLM sizes") {
+    for (std::size_t n :
+         {256u, 4096u, 5120u, 8192u, 11008u, 13824u, 14336u, 18944u, 28672u, 65536u}) {
+        CAPTURE(n);
+        const std::vector<float> x = random_vector(n, static_cast<std::uint32_t>(n));
+        std::vector<float> y = x;
+        qift::hadamard_transform(y);
+        CHECK(std::abs(norm(y) / norm(x) - 1.0) < 1e-5);
+        qift::hadamard_transform_transpose(y);
+        CHECK(relative_error(y, x) < 1e-5);
+        if ((n & (n - 1)) == 0) {
+            std::vector<float> z = x;
+            qift::fwht(z);
+            CHECK(std::abs(norm(z) / norm(x) - 1.0) < 1e-5);
+            qift::fwht(z);  // symmetric and orthogonal: its own inverse
+            CHECK(relative_error(z, x) < 1e-5);
+        }
+    }
+}
+
+TEST_CASE("hadamard: the batched rows forms equal the per-row transforms") {
+    for (std::size_t cols : {64u, 1024u, 344u * 2u}) {
+        CAPTURE(cols);
+        const std::size_t rows = 37;
+        std::vector<float> stored(rows * (cols + 5));
+        const std::vector<float> src = random_vector(stored.size(), 11);
+        stored = src;
+        // A strided view: every row has 5 padding elements that must stay untouched.
+        qift::matrix_view<float> m(stored.data(), rows, cols, cols + 5);
+        if ((cols & (cols - 1)) == 0)
+            qift::fwht_rows(m);
+        else
+            qift::hadamard_transform_rows(m);
+        for (std::size_t r = 0; r < rows; ++r) {
+            std::vector<float> row(
+                src.begin() + static_cast<std::ptrdiff_t>(r * (cols + 5)),
+                src.begin() + static_cast<std::ptrdiff_t>(r * (cols + 5) + cols));
+            qift::hadamard_transform(row);
+            const std::vector<float> got(m.row(r).begin(), m.row(r).end());
+            CHECK(relative_error(got, row) < 1e-6);
+            for (std::size_t p = 0; p < 5; ++p)
+                CHECK(stored[r * (cols + 5) + cols + p] == src[r * (cols + 5) + cols + p]);
+        }
+    }
+}
+
+namespace {
+
+// y = W x for W [out][in] in double.
+std::vector<double> matvec(const qift::matrix<float>& w, const std::vector<float>& x) {
+    std::vector<double> y(w.rows(), 0.0);
+    for (std::size_t i = 0; i < w.rows(); ++i)
+        for (std::size_t j = 0; j < w.cols(); ++j) y[i] += w(i, j) * static_cast<double>(x[j]);
+    return y;
+}
+
+qift::matrix<float> random_matrix(std::size_t rows, std::size_t cols, std::uint32_t seed) {
+    qift::matrix<float> m(rows, cols);
+    const std::vector<float> v = random_vector(rows * cols, seed);
+    std::copy(v.begin(), v.end(), m.data());
+    return m;
+}
+
+void check_rotation(const qift::rotation& rot) {
+    const std::size_t n = rot.size();
+    const qift::matrix<float> q = rot.to_matrix();
+    // Q·Qᵀ = I.
+    double worst = 0;
+    for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = 0; j < n; ++j) {
+            double d = 0;
+            for (std::size_t k = 0; k < n; ++k) d += static_cast<double>(q(i, k)) * q(j, k);
+            worst = std::max(worst, std::abs(d - (i == j ? 1.0 : 0.0)));
+        }
+    CHECK(worst < 1e-5);
+
+    // apply is x·Q, apply_transpose x·Qᵀ, and they undo each other.
+    const std::vector<float> x = random_vector(n, 21);
+    std::vector<float> y = x;
+    rot.apply(y);
+    std::vector<double> expect(n, 0.0);
+    for (std::size_t j = 0; j < n; ++j)
+        for (std::size_t i = 0; i < n; ++i) expect[j] += x[i] * static_cast<double>(q(i, j));
+    CHECK(relative_error(y, expect) < 1e-5);
+    CHECK(std::abs(norm(y) / norm(x) - 1.0) < 1e-5);
+    rot.apply_transpose(y);
+    CHECK(relative_error(y, x) < 1e-5);
+
+    // Folding into the input side: (W·Q)·(x·Q)ᵀ = W·x.
+    const std::size_t out = 19;
+    const qift::matrix<float> w = random_matrix(out, n, 22);
+    qift::matrix<float> w_in = w;
+    rot.fold_into_input(w_in);
+    std::vector<float> x_rot = x;
+    rot.apply(x_rot);
+    const std::vector<double> y_ref = matvec(w, x);
+    const std::vector<double> y_in = matvec(w_in, x_rot);
+    CHECK(relative_error(std::vector<float>(y_in.begin(), y_in.end()), y_ref) < 1e-5);
+
+    // Folding into the output side: (Qᵀ·W)·x = apply(W·x).
+    const qift::matrix<float> v = random_matrix(n, 23, 24);
+    qift::matrix<float> v_out = v;
+    rot.fold_into_output(v_out);
+    const std::vector<float> x2 = random_vector(23, 25);
+    const std::vector<double> z_ref = matvec(v, x2);
+    std::vector<float> z_rot(z_ref.begin(), z_ref.end());
+    rot.apply(z_rot);
+    const std::vector<double> z_out = matvec(v_out, x2);
+    CHECK(relative_error(z_rot, z_out) < 1e-5);
+
+    // rotate_rows_transpose and rotate_columns_transpose undo their counterparts.
+    qift::matrix<float> a = random_matrix(n, n, 26);
+    const qift::matrix<float> a0 = a;
+    rot.rotate_rows(a);
+    rot.rotate_rows_transpose(a);
+    rot.rotate_columns(a);
+    rot.rotate_columns_transpose(a);
+    const std::vector<float> af(a.flat().begin(), a.flat().end());
+    const std::vector<float> a0f(a0.flat().begin(), a0.flat().end());
+    CHECK(relative_error(af, a0f) < 1e-5);
+
+    // Shape errors name the argument and both sizes.
+    std::vector<float> wrong(n + 1);
+    CHECK_THROWS_WITH_AS(rot.apply(wrong), doctest::Contains(std::to_string(n + 1).c_str()),
+                         qift::error);
+    qift::matrix<float> bad(3, n + 1);
+    CHECK_THROWS_AS(rot.fold_into_input(bad), qift::error);
+    CHECK_THROWS_AS(rot.fold_into_output(bad), qift::error);
+}
+
+}  // namespace
+
+TEST_CASE("rotation: randomized Hadamard, fallback and for_size") {
+    SUBCASE("hadamard 256, no sign flips, is H/√n") {
+        const auto rot = qift::rotation::hadamard(256);
+        CHECK(rot.type() == qift::rotation::kind::hadamard);
+        const qift::matrix<float> q = rot.to_matrix();
+        const qift::matrix<float> h = qift::hadamard_matrix(256);
+        for (std::size_t i = 0; i < 256; ++i)
+            for (std::size_t j = 0; j < 256; ++j) REQUIRE(q(i, j) == h(i, j) / 16.0f);
+        check_rotation(rot);
+    }
+    SUBCASE("hadamard 344 seeded") {
+        check_rotation(qift::rotation::hadamard(344, 7));
+    }
+    SUBCASE("hadamard 28·8 seeded") {
+        check_rotation(qift::rotation::hadamard(224, 9));
+    }
+    SUBCASE("hadamard 144 = 12·12 seeded") {
+        check_rotation(qift::rotation::hadamard(144, 3));
+    }
+    SUBCASE("random orthogonal fallback for 172") {
+        const auto rot = qift::rotation::for_size(172, 5);
+        CHECK(rot.type() == qift::rotation::kind::random_orthogonal);
+        check_rotation(rot);
+        // Same seed, same matrix; another seed, another matrix.
+        const auto q1 = rot.to_matrix();
+        const auto q2 = qift::rotation::random_orthogonal(172, 5).to_matrix();
+        const auto q3 = qift::rotation::random_orthogonal(172, 6).to_matrix();
+        CHECK(std::equal(q1.flat().begin(), q1.flat().end(), q2.flat().begin()));
+        CHECK_FALSE(std::equal(q1.flat().begin(), q1.flat().end(), q3.flat().begin()));
+    }
+    SUBCASE("random orthogonal of odd size") {
+        check_rotation(qift::rotation::random_orthogonal(37, 1));
+    }
+    SUBCASE("signs depend on the seed") {
+        const auto a = qift::rotation::hadamard(64, 1).to_matrix();
+        const auto b = qift::rotation::hadamard(64, 2).to_matrix();
+        CHECK_FALSE(std::equal(a.flat().begin(), a.flat().end(), b.flat().begin()));
+        CHECK(qift::rotation::for_size(64, 1).type() == qift::rotation::kind::hadamard);
+    }
+}
+
+TEST_CASE("rotation: folding the rotation into weights leaves x·Wᵀ unchanged at 11008") {
+    // The down-projection pattern: rotate the 11008-wide input online, fold into W offline.
+    const std::size_t n = 11008, out = 8;
+    const auto rot = qift::rotation::hadamard(n, 42);
+    const qift::matrix<float> w = random_matrix(out, n, 31);
+    qift::matrix<float> w_rot = w;
+    rot.fold_into_input(w_rot);
+    const std::vector<float> x = random_vector(n, 32);
+    std::vector<float> x_rot = x;
+    rot.apply(x_rot);
+    const std::vector<double> y = matvec(w, x), y_rot = matvec(w_rot, x_rot);
+    CHECK(relative_error(std::vector<float>(y_rot.begin(), y_rot.end()), y) < 1e-5);
+}
