@@ -5,6 +5,7 @@
 #include "core.hpp"
 #include "gptq.hpp"
 #include "hadamard.hpp"
+#include "kv_cache.hpp"
 #include "levels.hpp"
 #include "llama2c.hpp"
 #include "npy.hpp"

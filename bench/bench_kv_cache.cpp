@@ -1,0 +1,72 @@
+// SPDX-License-Identifier: MIT
+// Decode attention, 32 query heads over 8 kv heads of head_dim 128, single thread: the KV4
+// cache against a float32 cache attention written here (same loop structure, same dot/axpy
+// kernels), in the same run. Reports ns per token of context and bytes per cached token.
+#include <qift/kv_cache.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <random>
+#include <vector>
+
+namespace {
+
+constexpr std::size_t head_dim = 128, n_heads = 32, n_kv = 8, group = n_heads / n_kv;
+
+std::vector<float> gaussian(std::size_t n, std::uint32_t seed) {
+    std::mt19937 gen(seed);
+    std::normal_distribution<float> nd;
+    std::vector<float> x(n);
+    for (auto& e : x) e = nd(gen);
+    return x;
+}
+
+// The float32 baseline: keys and values [kv head][token][head_dim] as float, attended by the
+// same kernel as the KV4 cache (detail::attend_rows over float_rows instead of nibble_rows),
+// so the ratio isolates what the storage format costs or saves.
+void float32_attention(benchmark::State& state) {
+    const auto T = static_cast<std::size_t>(state.range(0));
+    const auto k = gaussian(n_kv * T * head_dim, 1), v = gaussian(n_kv * T * head_dim, 2);
+    const auto q = gaussian(n_heads * head_dim, 3);
+    std::vector<float> out(n_heads * head_dim), scores(group * T), scratch(32 * head_dim);
+    for (auto _ : state) {
+        for (std::size_t g = 0; g < n_kv; ++g)
+            qift::detail::attend_rows<xsimd::default_arch, head_dim>(
+                qift::detail::float_rows<head_dim>{&k[g * T * head_dim]},
+                qift::detail::float_rows<head_dim>{&v[g * T * head_dim]}, &q[g * group * head_dim],
+                group, T, &out[g * group * head_dim], scratch.data(), scores.data());
+        benchmark::DoNotOptimize(out.data());
+    }
+    state.counters["ns_per_token"] = benchmark::Counter(
+        double(T), benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+    state.counters["bytes_per_token"] = double(2 * n_kv * head_dim * sizeof(float));
+    state.SetBytesProcessed(state.iterations() * std::int64_t(T * 2 * n_kv * head_dim * 4));
+}
+
+void kv4_attention(benchmark::State& state) {
+    const auto T = static_cast<std::size_t>(state.range(0));
+    qift::set_parallel_executor(qift::serial_executor);  // single thread, like the baseline
+    qift::kv_cache<head_dim> cache({.n_kv_heads = n_kv, .capacity = T});
+    const auto k = gaussian(T * n_kv * head_dim, 1), v = gaussian(T * n_kv * head_dim, 2);
+    cache.append(qift::matrix_view<const float>(k.data(), T, n_kv * head_dim),
+                 qift::matrix_view<const float>(v.data(), T, n_kv * head_dim));
+    const auto q = gaussian(n_heads * head_dim, 3);
+    std::vector<float> out(n_heads * head_dim);
+    for (auto _ : state) {
+        cache.attend(q, n_heads, out);
+        benchmark::DoNotOptimize(out.data());
+    }
+    qift::set_parallel_executor(nullptr);
+    state.counters["ns_per_token"] = benchmark::Counter(
+        double(T), benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+    state.counters["bytes_per_token"] = double(qift::kv_cache<head_dim>::bytes_per_token(n_kv));
+    state.SetBytesProcessed(state.iterations() *
+                            std::int64_t(T * qift::kv_cache<head_dim>::bytes_per_token(n_kv)));
+}
+
+}  // namespace
+
+BENCHMARK(float32_attention)->Arg(512)->Arg(4096)->Arg(32768)->Unit(benchmark::kMicrosecond);
+BENCHMARK(kv4_attention)->Arg(512)->Arg(4096)->Arg(32768)->Unit(benchmark::kMicrosecond);
+
+BENCHMARK_MAIN();
