@@ -92,58 +92,96 @@ std::vector<std::pair<double, double>> ratio_sweep(const matrix<float>& w,
     return {{N / 100.0, relative_mse(w, fake_quantize<levels::ratio<N>>(w, refine))}...};
 }
 
-// Returns the per-level-set rows so the caller can summarise over matrices.
-std::vector<row_result> report(const named_matrix& m, const options& opt, bool sweep) {
-    const auto stats = row_stats(m.w);
-    const double kurt = mean_of(stats, &distribution_stats::excess_kurtosis);
-    const double qq = mean_of(stats, &distribution_stats::qq_error);
-    const auto rows = study(m.w, all_sets{});
-    std::vector<std::pair<double, double>> sw;
-    if (sweep)
-        sw = ratio_sweep(m.w,
-                         std::integer_sequence<int, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60>{});
-    if (opt.csv) {
-        for (const auto& r : rows)
-            std::printf("%s,%zu,%zu,%.6f,%.6f,%.*s,%u,%.6f,%.6f,%.6f\n", m.name.c_str(), m.w.rows(),
-                        m.w.cols(), kurt, qq, int(r.level_set.size()), r.level_set.data(), r.bits,
-                        r.max_scale, r.searched, r.refined);
-        for (const auto& [ratio, e] : sw)
-            std::printf("%s,%zu,%zu,%.6f,%.6f,ratio_%.2f,2,,,%.6f\n", m.name.c_str(), m.w.rows(),
-                        m.w.cols(), kurt, qq, ratio, e);
-        return rows;
+// One matrix studied as given and after rotating its input dimension (W·Q, as a rotated model
+// folds Q into its weights): a randomized Hadamard, or the seeded orthogonal fallback.
+struct matrix_study {
+    std::string rotation;
+    double kurt[2], qq[2];
+    std::vector<row_result> rows[2];
+    std::vector<std::pair<double, double>> sweep[2];
+};
+
+matrix_study study_matrix(const named_matrix& m, bool sweep) {
+    matrix_study st;
+    matrix<float> rotated = m.w;
+    const auto q = rotation::for_size(m.w.cols(), 2606);
+    q.fold_into_input(rotated);
+    st.rotation = q.type() == rotation::kind::hadamard ? "hadamard" : "random_orthogonal";
+    for (int r = 0; r < 2; ++r) {
+        const matrix<float>& w = r ? rotated : m.w;
+        const auto stats = row_stats(w);
+        st.kurt[r] = mean_of(stats, &distribution_stats::excess_kurtosis);
+        st.qq[r] = mean_of(stats, &distribution_stats::qq_error);
+        st.rows[r] = study(w, all_sets{});
+        if (sweep)
+            st.sweep[r] = ratio_sweep(
+                w, std::integer_sequence<int, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60>{});
     }
-    std::printf("\n%s  [%zu x %zu]  excess kurtosis %.3f, Q-Q error %.4f (means over rows)\n",
-                m.name.c_str(), m.w.rows(), m.w.cols(), kurt, qq);
-    std::printf("  %-11s %4s %11s %11s %11s\n", "level set", "bits", "max scale", "searched",
-                "searched+LS");
-    for (const auto& r : rows)
-        std::printf("  %-11.*s %4u %11.5f %11.5f %11.5f\n", int(r.level_set.size()),
-                    r.level_set.data(), r.bits, r.max_scale, r.searched, r.refined);
-    if (!sw.empty()) {
+    return st;
+}
+
+void print_csv(const named_matrix& m, const matrix_study& st) {
+    for (int r = 0; r < 2; ++r) {
+        const char* rot = r ? st.rotation.c_str() : "none";
+        for (const auto& row : st.rows[r])
+            std::printf("%s,%zu,%zu,%s,%.6f,%.6f,%.*s,%u,%.6f,%.6f,%.6f\n", m.name.c_str(),
+                        m.w.rows(), m.w.cols(), rot, st.kurt[r], st.qq[r],
+                        int(row.level_set.size()), row.level_set.data(), row.bits, row.max_scale,
+                        row.searched, row.refined);
+        for (const auto& [ratio, e] : st.sweep[r])
+            std::printf("%s,%zu,%zu,%s,%.6f,%.6f,ratio_%.2f,2,,,%.6f\n", m.name.c_str(), m.w.rows(),
+                        m.w.cols(), rot, st.kurt[r], st.qq[r], ratio, e);
+    }
+}
+
+void print_table(const char* title, std::size_t rows, std::size_t cols, const matrix_study& st) {
+    if (rows)
+        std::printf("\n%s  [%zu x %zu], rotation: %s\n", title, rows, cols, st.rotation.c_str());
+    else
+        std::printf("\n%s, rotation: %s\n", title, st.rotation.c_str());
+    std::printf("  excess kurtosis %.3f -> %.3f, Q-Q error %.4f -> %.4f (means over rows)\n",
+                st.kurt[0], st.kurt[1], st.qq[0], st.qq[1]);
+    std::printf("  %-11s %4s | %-29s | %-29s\n", "", "", "  unrotated", "  rotated");
+    std::printf("  %-11s %4s | %9s %9s %9s | %9s %9s %9s\n", "level set", "bits", "max", "search",
+                "search+LS", "max", "search", "search+LS");
+    for (std::size_t i = 0; i < st.rows[0].size(); ++i) {
+        const auto &a = st.rows[0][i], &b = st.rows[1][i];
+        std::printf("  %-11.*s %4u | %9.5f %9.5f %9.5f | %9.5f %9.5f %9.5f\n",
+                    int(a.level_set.size()), a.level_set.data(), a.bits, a.max_scale, a.searched,
+                    a.refined, b.max_scale, b.searched, b.refined);
+    }
+    for (int r = 0; r < 2; ++r) {
+        const auto& sw = st.sweep[r];
+        if (sw.empty()) continue;
         std::size_t best = 0;
         for (std::size_t i = 1; i < sw.size(); ++i)
             if (sw[i].second < sw[best].second) best = i;
-        std::printf("  ratio sweep {±r, ±1}, searched+LS scale:");
+        std::printf("  ratio sweep {±r, ±1}, %s, search+LS:", r ? "rotated" : "unrotated");
         for (std::size_t i = 0; i < sw.size(); ++i)
             std::printf("%s r=%.2f %.5f", i % 4 == 0 ? "\n   " : "", sw[i].first, sw[i].second);
         std::printf("\n  minimum at r = %.2f\n", sw[best].first);
     }
-    return rows;
 }
 
-void summarize(const std::vector<std::vector<row_result>>& all) {
-    std::printf("\nmean over the %zu matrices\n", all.size());
-    std::printf("  %-11s %4s %11s %11s %11s\n", "level set", "bits", "max scale", "searched",
-                "searched+LS");
-    for (std::size_t i = 0; i < all.front().size(); ++i) {
-        double a = 0, b = 0, c = 0;
-        for (const auto& rows : all)
-            a += rows[i].max_scale, b += rows[i].searched, c += rows[i].refined;
-        const double n = static_cast<double>(all.size());
-        const auto& r = all.front()[i];
-        std::printf("  %-11.*s %4u %11.5f %11.5f %11.5f\n", int(r.level_set.size()),
-                    r.level_set.data(), r.bits, a / n, b / n, c / n);
+// Mean over matrices of every column, printed as one more table.
+void summarize(const std::vector<matrix_study>& all) {
+    matrix_study mean = all.front();
+    for (int r = 0; r < 2; ++r) {
+        mean.kurt[r] = mean.qq[r] = 0;
+        for (auto& row : mean.rows[r]) row.max_scale = row.searched = row.refined = 0;
+        for (const auto& st : all) {
+            mean.kurt[r] += st.kurt[r] / double(all.size());
+            mean.qq[r] += st.qq[r] / double(all.size());
+            for (std::size_t i = 0; i < st.rows[r].size(); ++i) {
+                mean.rows[r][i].max_scale += st.rows[r][i].max_scale / double(all.size());
+                mean.rows[r][i].searched += st.rows[r][i].searched / double(all.size());
+                mean.rows[r][i].refined += st.rows[r][i].refined / double(all.size());
+            }
+        }
     }
+    mean.rotation = "per matrix as above";
+    const std::string title = "mean over the " + std::to_string(all.size()) + " matrices";
+    print_table(title.c_str(), 0, 0, mean);
 }
 
 void usage() {
@@ -153,10 +191,12 @@ void usage() {
         "  channels, and Gaussian), 1024 x 1024 each\n"
         "  --model FILE  every linear layer of a llama2.c checkpoint\n"
         "  --csv         machine-readable output\n"
-        "Columns: relative MSE ||W - Q(W)||^2 / ||W||^2 with a per-output-channel scale:\n"
-        "  max scale    outer clip level at max|w| (no clipping)\n"
-        "  searched     GPTQ/QuaRot clipping grid, objective sum |w - q|^2.4\n"
-        "  searched+LS  grid with objective sum |w - q|^2, then least-squares scale refinement");
+        "Columns: relative MSE ||W - Q(W)||^2 / ||W||^2 with a per-output-channel scale,\n"
+        "for W as given and for W*Q (input dimension rotated by a randomized Hadamard, or a\n"
+        "seeded random orthogonal matrix where no Hadamard order exists):\n"
+        "  max        outer clip level at max|w| (no clipping)\n"
+        "  search     GPTQ/QuaRot clipping grid, objective sum |w - q|^2.4\n"
+        "  search+LS  grid with objective sum |w - q|^2, then least-squares scale refinement");
 }
 
 }  // namespace
@@ -201,14 +241,20 @@ int main(int argc, char** argv) {
         }
         if (opt.csv)
             std::puts(
-                "matrix,rows,cols,excess_kurtosis,qq_error,level_set,bits,mse_max_scale,"
+                "matrix,rows,cols,rotation,excess_kurtosis,qq_error,level_set,bits,mse_max_scale,"
                 "mse_searched,mse_searched_ls");
         else
             std::puts(
                 "qift level study: relative MSE ||W - Q(W)||^2 / ||W||^2, per-channel scale, "
                 "round-to-nearest");
-        std::vector<std::vector<row_result>> all;
-        for (const auto& m : mats) all.push_back(report(m, opt, opt.model.empty()));
+        std::vector<matrix_study> all;
+        for (const auto& m : mats) {
+            all.push_back(study_matrix(m, opt.model.empty()));
+            if (opt.csv)
+                print_csv(m, all.back());
+            else
+                print_table(m.name.c_str(), m.w.rows(), m.w.cols(), all.back());
+        }
         if (!opt.csv && !opt.model.empty()) summarize(all);
     } catch (const qift::error& e) {
         std::fprintf(stderr, "level_study: %s\n", e.what());
