@@ -2,7 +2,10 @@
 // Umbrella header: includes every public qift header and nothing else.
 #pragma once
 
+#include "act.hpp"
 #include "core.hpp"
+#include "gemm.hpp"
+#include "gemv.hpp"
 #include "gptq.hpp"
 #include "hadamard.hpp"
 #include "kv_cache.hpp"
