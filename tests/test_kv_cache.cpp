@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // KV4 cache: quantization error per group, attention on packed data against float attention
 // on the dequantized cache (tight) and on the original data (stated bound), rotation against
-// outlier channels, GQA mapping, prefill, capacity, reserve and slide.
+// outlier channels, GQA mapping, prefill, capacity, reserve and slide across key blocks, head
+// sizes 8..128 with groups 1..8, nibble widening, and the float key layouts of the benchmark.
 #include <qift/kv_cache.hpp>
 
 #include <doctest/doctest.h>
@@ -197,7 +198,7 @@ TEST_CASE("capacity, reserve and slide") {
     CHECK(r[0] == doctest::Approx(3.0).epsilon(0.01));
     cache.read_key(0, 0, r);
     CHECK(r[0] == doctest::Approx(3.0).epsilon(0.02));
-    CHECK(cache.memory_bytes() == 3 * 2 * (d / 2 + 5));
+    CHECK(cache.memory_bytes() == 16 * 2 * (d / 2 + 5));  // capacity 3 rounded up to 16
     CHECK(kv_cache<128>::bytes_per_token(8) == 2 * 8 * 69);
     CHECK_THROWS_AS(cache.reserve(0), error);
     CHECK_THROWS_AS(cache.slide(5), error);
@@ -209,4 +210,123 @@ TEST_CASE("capacity, reserve and slide") {
     kv_cache<d> empty({.n_kv_heads = 1, .capacity = 4});
     std::vector<float> o(d);
     CHECK_THROWS_WITH_AS(empty.attend(x, 1, o), doctest::Contains("length 0"), error);
+}
+
+TEST_CASE("nibble widening matches its scalar form for every byte value") {
+    using batch = xsimd::batch<float>;
+    std::vector<std::uint8_t> bytes(256);
+    for (std::size_t i = 0; i < 256; ++i) bytes[i] = static_cast<std::uint8_t>(i * 37 + 11);
+    for (std::size_t off = 0; off + 16 <= 256; off += 16) {
+        batch lo[16 / batch::size], hi[16 / batch::size];
+        detail::widen_nibble_block<xsimd::default_arch>(&bytes[off], lo, hi);
+        const batch u = detail::widen_u8<xsimd::default_arch>(&bytes[off]);
+        alignas(64) float l[16], h[16], w[batch::size];
+        for (std::size_t k = 0; k < 16 / batch::size; ++k) {
+            lo[k].store_aligned(l + k * batch::size);
+            hi[k].store_aligned(h + k * batch::size);
+        }
+        u.store_aligned(w);
+        for (std::size_t i = 0; i < 16; ++i) {
+            CHECK(l[i] == float(bytes[off + i] & 15u));
+            CHECK(h[i] == float(bytes[off + i] >> 4));
+        }
+        for (std::size_t i = 0; i < batch::size; ++i) CHECK(w[i] == float(bytes[off + i]));
+    }
+}
+
+TEST_CASE_TEMPLATE("attention for head sizes 8 to 128, GQA groups 1 to 8, partial key blocks", D,
+                   std::integral_constant<std::size_t, 8>, std::integral_constant<std::size_t, 16>,
+                   std::integral_constant<std::size_t, 64>,
+                   std::integral_constant<std::size_t, 128>) {
+    constexpr std::size_t d = D::value, nkv = 2;
+    for (std::size_t T : {1u, 15u, 16u, 17u, 33u, 50u}) {
+        kv_cache<d> cache({.n_kv_heads = nkv, .capacity = 50});
+        const auto k = gaussian(T * nkv * d, 20), v = gaussian(T * nkv * d, 21);
+        cache.append(matrix_view<const float>(k.data(), T, nkv * d),
+                     matrix_view<const float>(v.data(), T, nkv * d));
+        const auto kd = dequantized(cache, true), vd = dequantized(cache, false);
+        for (std::size_t group = 1; group <= 8; ++group) {
+            const std::size_t nh = group * nkv;
+            const auto q = gaussian(nh * d, 22, 0.3f);
+            std::vector<float> out(nh * d);
+            cache.attend(q, nh, out);
+            CHECK_MESSAGE(rel_err(out, reference_attention(q, kd, vd, T, nh, nkv, d)) < 1e-5,
+                          "T " << T << ", group " << group);
+        }
+    }
+}
+
+TEST_CASE("attend_rows on float keys, token-major and in transposed blocks, equals the reference") {
+    constexpr std::size_t d = 64;
+    using arch = xsimd::default_arch;
+    for (std::size_t T : {1u, 5u, 16u, 31u, 100u}) {
+        const std::size_t blocks = (T + 15) / 16;
+        const auto k = gaussian(T * d, 30), v = gaussian(T * d, 31);
+        std::vector<float> kb(blocks * 16 * d, 0.0f);
+        for (std::size_t t = 0; t < T; ++t)
+            for (std::size_t i = 0; i < d; ++i) kb[((t / 16) * d + i) * 16 + t % 16] = k[t * d + i];
+        for (std::size_t heads = 1; heads <= 8; ++heads) {
+            const auto q = gaussian(heads * d, 32, 0.3f);
+            std::vector<float> ref(heads * d), rows(heads * d), blocked(heads * d),
+                scratch(detail::attention_block * d), scores(heads * T);
+            detail::attend_rows_reference<d>(detail::float_rows<d>{k.data()},
+                                             detail::float_rows<d>{v.data()}, q.data(), heads, T,
+                                             ref.data(), scratch.data(), scores.data());
+            detail::attend_rows<arch, d>(detail::float_rows<d>{k.data()},
+                                         detail::float_rows<d>{v.data()}, q.data(), heads, T,
+                                         rows.data(), scratch.data(), scores.data());
+            detail::attend_rows<arch, d>(detail::float_key_blocks<d>{kb.data()},
+                                         detail::float_rows<d>{v.data()}, q.data(), heads, T,
+                                         blocked.data(), scratch.data(), scores.data());
+            CHECK(rel_err(rows, ref) < 1e-5);
+            CHECK(rel_err(blocked, ref) < 1e-5);
+        }
+    }
+}
+
+namespace {
+
+// Exact agreement of two caches: every dequantized key and value, and attention.
+template <class Cache>
+void check_same(const Cache& a, const Cache& b, std::size_t n_heads) {
+    REQUIRE(a.size() == b.size());
+    CHECK(dequantized(a, true) == dequantized(b, true));
+    CHECK(dequantized(a, false) == dequantized(b, false));
+    const auto q = gaussian(n_heads * Cache::head_dim, 40, 0.3f);
+    std::vector<float> oa(q.size()), ob(q.size());
+    a.attend(q, n_heads, oa);
+    b.attend(q, n_heads, ob);
+    CHECK(oa == ob);
+}
+
+}  // namespace
+
+TEST_CASE("slide and reserve across key block boundaries keep every token exact") {
+    constexpr std::size_t d = 32, nkv = 2, nh = 6, N = 47;
+    const auto k = gaussian(N * nkv * d, 41), v = gaussian(N * nkv * d, 42);
+    const auto rows = [&](const std::vector<float>& x, std::size_t t0, std::size_t t1) {
+        return matrix_view<const float>(&x[t0 * nkv * d], t1 - t0, nkv * d);
+    };
+    for (std::size_t count : {0u, 1u, 3u, 15u, 16u, 17u, 32u, 39u}) {
+        kv_cache<d> a({.n_kv_heads = nkv, .capacity = 40});
+        a.append(rows(k, 0, 40), rows(v, 0, 40));
+        a.slide(count);
+        a.reserve(50);
+        a.append(rows(k, 40, N), rows(v, 40, N));
+        kv_cache<d> b({.n_kv_heads = nkv, .capacity = N - count});
+        b.append(rows(k, count, N), rows(v, count, N));
+        INFO("slide " << count);
+        check_same(a, b, nh);
+    }
+    // Grow from a partial block, and shrink to exactly the tokens held.
+    kv_cache<d> a({.n_kv_heads = nkv, .capacity = 20});
+    a.append(rows(k, 0, 20), rows(v, 0, 20));
+    a.reserve(37);
+    a.append(rows(k, 20, 37), rows(v, 20, 37));
+    a.reserve(37);
+    kv_cache<d> b({.n_kv_heads = nkv, .capacity = 37});
+    b.append(rows(k, 0, 37), rows(v, 0, 37));
+    check_same(a, b, nh);
+    CHECK(a.memory_bytes() == 48 * kv_cache<d>::bytes_per_token(nkv));
+    CHECK(kv_cache<128>({.n_kv_heads = 8, .capacity = 32}).memory_bytes() == 32 * 2 * 8 * 69);
 }

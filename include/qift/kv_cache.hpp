@@ -4,11 +4,13 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -47,11 +49,16 @@ struct kv_cache_options {
 /// Shapes: one token's keys (or values) are [n_kv_heads][HeadDim] floats, contiguous. Each
 /// (token, kv head) group of HeadDim values is quantized to 4-bit codes c with its own scale
 /// s and zero z: x ≈ s·(c − z) (z = 8 for the symmetric policy). Storage per kv head and
-/// token: HeadDim/2 bytes (byte j: code j in the low nibble, code j + HeadDim/2 in the high
-/// one), a float scale and a one-byte zero — for HeadDim = 128, 69 bytes against 512 for
-/// float32 (0.135×).
+/// token: HeadDim/2 code bytes, a float scale and a one-byte zero — for HeadDim = 128, 69
+/// bytes against 512 for float32 (0.135×). Layout per kv head:
+///   values: token-major, byte j of token t = code j | code j + HeadDim/2 << 4;
+///   keys: transposed blocks of 16 tokens (detail::key_block), block b = [HeadDim/2][16]
+///         bytes, byte (p, j) = code(dim 2p, token 16b + j) | code(dim 2p + 1, same) << 4,
+///         so one 16-byte load feeds the scores of 16 tokens without horizontal sums;
+///   scales and zeros: [token] floats and bytes, keys and values apart.
+/// Storage is allocated for the capacity rounded up to a multiple of 16 tokens.
 /// attend() computes softmax(q·Kᵀ/√HeadDim)·V per query head straight from these codes,
-/// unpacking each key and value once per token for all the query heads that share it (GQA).
+/// widening each key and value once per token for up to 4 query heads that share it (GQA).
 template <std::size_t HeadDim, kv_policy Policy = levels::asymmetric_int<4>>
 requires(HeadDim >= 2 && HeadDim % 2 == 0) class kv_cache {
   public:
@@ -72,10 +79,9 @@ requires(HeadDim >= 2 && HeadDim % 2 == 0) class kv_cache {
     std::size_t size() const noexcept { return size_; }
     std::size_t capacity() const noexcept { return opt_.capacity; }
     std::size_t n_kv_heads() const noexcept { return opt_.n_kv_heads; }
-    /// Bytes held by the cache's storage at its capacity (codes and per-group parameters).
-    std::size_t memory_bytes() const noexcept {
-        return opt_.capacity * bytes_per_token(opt_.n_kv_heads);
-    }
+    /// Bytes held by the cache's storage at its capacity rounded up to a multiple of 16 tokens
+    /// (codes and per-group parameters).
+    std::size_t memory_bytes() const noexcept { return slots_ * bytes_per_token(opt_.n_kv_heads); }
     /// Bytes one token costs (all kv heads, keys and values): per group HeadDim/2 code bytes,
     /// a float scale and a one-byte zero-point.
     static constexpr std::size_t bytes_per_token(std::size_t n_kv_heads) noexcept {
@@ -105,13 +111,21 @@ requires(HeadDim >= 2 && HeadDim % 2 == 0) class kv_cache {
                    "); grow with reserve() or drop old tokens with slide()";
         });
         std::array<float, HeadDim> buf;
+        std::array<std::uint8_t, HeadDim> codes;
         for (std::size_t t = 0; t < k.rows; ++t) {
+            const std::size_t slot = size_ + t;
             for (std::size_t h = 0; h < opt_.n_kv_heads; ++h) {
                 std::copy_n(&k(t, h * HeadDim), HeadDim, buf.begin());
                 if (rotation_) rotation_->apply(buf);
-                quantize_group(buf, k_, h, size_ + t);
+                quantize_group(buf, codes, k_, h, slot);
+                for (std::size_t p = 0; p < bytes_per_group; ++p)
+                    key_byte(h, slot, p) =
+                        static_cast<std::uint8_t>(codes[2 * p] | codes[2 * p + 1] << 4);
                 std::copy_n(&v(t, h * HeadDim), HeadDim, buf.begin());
-                quantize_group(buf, v_, h, size_ + t);
+                quantize_group(buf, codes, v_, h, slot);
+                std::uint8_t* dst = value_codes(h, slot);
+                for (std::size_t j = 0; j < bytes_per_group; ++j)
+                    dst[j] = static_cast<std::uint8_t>(codes[j] | codes[j + bytes_per_group] << 4);
             }
         }
         size_ += k.rows;
@@ -124,16 +138,16 @@ requires(HeadDim >= 2 && HeadDim % 2 == 0) class kv_cache {
                    " is below the " + std::to_string(size_) + " tokens held";
         });
         kv_cache grown(opt_, new_capacity, rotation_);
+        const std::size_t key_bytes = blocks_for(size_) * detail::key_block * bytes_per_group;
         for (std::size_t h = 0; h < opt_.n_kv_heads; ++h) {
-            std::memcpy(grown.codes_at(grown.k_.codes, h, 0), codes_at(k_.codes, h, 0),
-                        size_ * bytes_per_group);
-            std::memcpy(grown.codes_at(grown.v_.codes, h, 0), codes_at(v_.codes, h, 0),
-                        size_ * bytes_per_group);
+            // Key blocks do not depend on the capacity: whole blocks move as they are.
+            std::memcpy(grown.head_codes(grown.k_, h), head_codes(k_, h), key_bytes);
+            std::memcpy(grown.value_codes(h, 0), value_codes(h, 0), size_ * bytes_per_group);
             for (int kv = 0; kv < 2; ++kv) {
-                std::copy_n(&store_of(kv).scales[h * opt_.capacity], size_,
-                            &grown.store_of(kv).scales[h * new_capacity]);
-                std::copy_n(&store_of(kv).zeros[h * opt_.capacity], size_,
-                            &grown.store_of(kv).zeros[h * new_capacity]);
+                std::copy_n(&store_of(kv).scales[h * slots_], size_,
+                            &grown.store_of(kv).scales[h * grown.slots_]);
+                std::copy_n(&store_of(kv).zeros[h * slots_], size_,
+                            &grown.store_of(kv).zeros[h * grown.slots_]);
             }
         }
         grown.size_ = size_;
@@ -141,21 +155,34 @@ requires(HeadDim >= 2 && HeadDim % 2 == 0) class kv_cache {
     }
 
     /// Drops the oldest `count` tokens (a sliding window); positions shift down by count.
+    /// O(size()): a memmove when count is a multiple of 16 (whole key blocks), otherwise the
+    /// keys move byte by byte within and across blocks (a few times slower, still no
+    /// requantization).
     void slide(std::size_t count) {
         detail::require(count <= size_, [&] {
             return "kv_cache::slide: cannot drop " + std::to_string(count) + " of " +
                    std::to_string(size_) + " tokens";
         });
-        for (std::size_t h = 0; h < opt_.n_kv_heads; ++h)
+        const std::size_t kept = size_ - count;
+        for (std::size_t h = 0; h < opt_.n_kv_heads; ++h) {
+            // Keys: whole blocks when count is a multiple of 16, else byte by byte (every byte
+            // holds one token's codes of a dim pair, so no nibble moves), forward.
+            if (count % detail::key_block == 0)
+                std::memmove(head_codes(k_, h), head_codes(k_, h) + count * bytes_per_group,
+                             blocks_for(kept) * detail::key_block * bytes_per_group);
+            else
+                for (std::size_t t = 0; t < kept; ++t)
+                    for (std::size_t p = 0; p < bytes_per_group; ++p)
+                        key_byte(h, t, p) = key_byte(h, t + count, p);
+            std::memmove(value_codes(h, 0), value_codes(h, count), kept * bytes_per_group);
             for (int kv = 0; kv < 2; ++kv) {
                 auto& st = store_of(kv);
-                std::memmove(codes_at(st.codes, h, 0), codes_at(st.codes, h, count),
-                             (size_ - count) * bytes_per_group);
-                const std::size_t base = h * opt_.capacity;
+                const std::size_t base = h * slots_;
                 std::copy(&st.scales[base + count], &st.scales[base + size_], &st.scales[base]);
                 std::copy(&st.zeros[base + count], &st.zeros[base + size_], &st.zeros[base]);
             }
-        size_ -= count;
+        }
+        size_ = kept;
     }
 
     void clear() noexcept { size_ = 0; }
@@ -164,7 +191,9 @@ requires(HeadDim >= 2 && HeadDim % 2 == 0) class kv_cache {
     /// head h (q and out are [n_heads · HeadDim]) and kv head g = h / (n_heads / n_kv_heads),
     /// out_h = Σ_t softmax_t(q_h·k_t/√HeadDim) · v_t with k_t, v_t the dequantized cache.
     /// Numerically stable softmax (max subtracted). Throws qift::error on bad sizes, an empty
-    /// range, or n_heads not a multiple of n_kv_heads. O(length · n_heads · HeadDim).
+    /// range, or n_heads not a multiple of n_kv_heads. O(length · n_heads · HeadDim). SIMD
+    /// (detail::attend_rows) when HeadDim is a multiple of twice the float batch width (32 on
+    /// AVX-512, 16 on AVX2), the scalar detail::attend_rows_reference otherwise.
     void attend(std::span<const float> q, std::size_t n_heads, std::span<float> out,
                 std::optional<std::size_t> length = std::nullopt) const {
         const std::size_t T = length.value_or(size_);
@@ -187,9 +216,15 @@ requires(HeadDim >= 2 && HeadDim % 2 == 0) class kv_cache {
                    " query heads per kv head, at most 64 supported";
         });
         parallel_for(opt_.n_kv_heads, [&](std::size_t begin, std::size_t end) {
+            // Uninitialized buffers, reused across this range's kv heads: zero-filling group·T
+            // scores on every call cost about a tenth of the attention.
+            const auto scores = std::make_unique_for_overwrite<float[]>(group * T);
+            const auto scratch =
+                std::make_unique_for_overwrite<float[]>(detail::attention_block * HeadDim);
             for (std::size_t g = begin; g < end; ++g)
                 attend_group(q.subspan(g * group * HeadDim, group * HeadDim), group, g, T,
-                             out.subspan(g * group * HeadDim, group * HeadDim));
+                             out.subspan(g * group * HeadDim, group * HeadDim), scores.get(),
+                             scratch.get());
         });
     }
 
@@ -211,16 +246,18 @@ requires(HeadDim >= 2 && HeadDim % 2 == 0) class kv_cache {
 
     /// Dequantized key of token t, kv head h, rotated back to the original basis.
     void read_key(std::size_t t, std::size_t h, std::span<float> out) const {
-        read(k_, t, h, out, "read_key");
+        read(keys_of(h), t, h, out, "read_key");
         if (rotation_) rotation_->apply_transpose(out);
     }
     /// Dequantized value of token t, kv head h.
     void read_value(std::size_t t, std::size_t h, std::span<float> out) const {
-        read(v_, t, h, out, "read_value");
+        read(values_of(h), t, h, out, "read_value");
     }
 
   private:
-    // Codes [kv head][capacity][HeadDim/2], scales and zero-points [kv head][capacity].
+    // Per kv head, slots_ (the capacity rounded up to 16) tokens: key codes in transposed
+    // blocks [slots_/16][HeadDim/2][16], value codes [slots_][HeadDim/2], scales and zeros
+    // [slots_] each.
     struct storage {
         aligned_vector<std::uint8_t> codes;
         std::vector<float> scales;
@@ -235,30 +272,47 @@ requires(HeadDim >= 2 && HeadDim % 2 == 0) class kv_cache {
     storage& store_of(int kv) noexcept { return kv == 0 ? k_ : v_; }
     const storage& store_of(int kv) const noexcept { return kv == 0 ? k_ : v_; }
 
+    static constexpr std::size_t blocks_for(std::size_t tokens) noexcept {
+        return (tokens + detail::key_block - 1) / detail::key_block;
+    }
+
     void allocate(std::size_t capacity) {
         opt_.capacity = capacity;
+        slots_ = blocks_for(capacity) * detail::key_block;
         for (storage* st : {&k_, &v_}) {
-            st->codes.assign(opt_.n_kv_heads * capacity * bytes_per_group, 0);
-            st->scales.assign(opt_.n_kv_heads * capacity, 0.0f);
-            st->zeros.assign(opt_.n_kv_heads * capacity, 0);
+            st->codes.assign(opt_.n_kv_heads * slots_ * bytes_per_group, 0);
+            st->scales.assign(opt_.n_kv_heads * slots_, 0.0f);
+            st->zeros.assign(opt_.n_kv_heads * slots_, 0);
         }
     }
 
-    std::uint8_t* codes_at(aligned_vector<std::uint8_t>& c, std::size_t h, std::size_t t) {
-        return c.data() + (h * opt_.capacity + t) * bytes_per_group;
+    std::uint8_t* head_codes(storage& st, std::size_t h) noexcept {
+        return st.codes.data() + h * slots_ * bytes_per_group;
     }
-    const std::uint8_t* codes_at(const aligned_vector<std::uint8_t>& c, std::size_t h,
-                                 std::size_t t) const {
-        return c.data() + (h * opt_.capacity + t) * bytes_per_group;
+    const std::uint8_t* head_codes(const storage& st, std::size_t h) const noexcept {
+        return st.codes.data() + h * slots_ * bytes_per_group;
+    }
+    std::uint8_t* value_codes(std::size_t h, std::size_t t) noexcept {
+        return head_codes(v_, h) + t * bytes_per_group;
+    }
+    // The key byte of dim pair p of token t in kv head h.
+    std::uint8_t& key_byte(std::size_t h, std::size_t t, std::size_t p) noexcept {
+        return head_codes(k_,
+                          h)[((t / detail::key_block) * bytes_per_group + p) * detail::key_block +
+                             t % detail::key_block];
     }
 
-    detail::nibble_rows<HeadDim> rows_of(const storage& st, std::size_t h) const noexcept {
-        return {codes_at(st.codes, h, 0), &st.scales[h * opt_.capacity],
-                &st.zeros[h * opt_.capacity]};
+    detail::nibble_key_blocks<HeadDim> keys_of(std::size_t h) const noexcept {
+        return {head_codes(k_, h), &k_.scales[h * slots_], &k_.zeros[h * slots_]};
+    }
+    detail::nibble_rows<HeadDim> values_of(std::size_t h) const noexcept {
+        return {head_codes(v_, h), &v_.scales[h * slots_], &v_.zeros[h * slots_]};
     }
 
-    // Quantizes one group (QuaRot's rule: range widened to contain 0, times clip).
-    void quantize_group(std::span<const float> x, storage& st, std::size_t h, std::size_t t) {
+    // Quantizes one group into codes (QuaRot's rule: range widened to contain 0, times clip)
+    // and stores its scale and zero for token slot t.
+    void quantize_group(std::span<const float> x, std::array<std::uint8_t, HeadDim>& codes,
+                        storage& st, std::size_t h, std::size_t t) {
         float lo = x[0], hi = x[0];
         for (float e : x) {
             detail::require(std::isfinite(e), [&] {
@@ -268,19 +322,16 @@ requires(HeadDim >= 2 && HeadDim % 2 == 0) class kv_cache {
             lo = std::min(lo, e), hi = std::max(hi, e);
         }
         const channel_params p = detail::clip_params<Policy>(lo, hi, opt_.clip);
-        std::uint8_t* dst = codes_at(st.codes, h, t);
-        for (std::size_t j = 0; j < bytes_per_group; ++j) {
-            const unsigned lo_code = quantize_value<Policy>(x[j], p);
-            const unsigned hi_code = quantize_value<Policy>(x[j + bytes_per_group], p);
-            dst[j] = static_cast<std::uint8_t>(lo_code | hi_code << 4);
-        }
+        for (std::size_t j = 0; j < HeadDim; ++j)
+            codes[j] = static_cast<std::uint8_t>(quantize_value<Policy>(x[j], p));
         // The unified form s·(c − z): the symmetric int4 set's level is c − 8.
-        st.scales[h * opt_.capacity + t] = p.scale;
-        st.zeros[h * opt_.capacity + t] =
+        st.scales[h * slots_ + t] = p.scale;
+        st.zeros[h * slots_ + t] =
             static_cast<std::uint8_t>(level_traits<Policy>::has_zero_point ? p.zero : 8.0f);
     }
 
-    void read(const storage& st, std::size_t t, std::size_t h, std::span<float> out,
+    template <class Rows>
+    void read(const Rows& rows, std::size_t t, std::size_t h, std::span<float> out,
               const char* fn) const {
         detail::require(t < size_ && h < opt_.n_kv_heads && out.size() == HeadDim, [&] {
             return "kv_cache::" + std::string(fn) + ": token " + std::to_string(t) + " of " +
@@ -288,31 +339,31 @@ requires(HeadDim >= 2 && HeadDim % 2 == 0) class kv_cache {
                    std::to_string(opt_.n_kv_heads) + ", out size " + std::to_string(out.size()) +
                    " (head_dim " + std::to_string(HeadDim) + ")";
         });
-        const auto rows = rows_of(st, h);
         const float* r = rows.rows(t, 1, out.data());
         for (std::size_t i = 0; i < HeadDim; ++i) out[i] = rows.scale(t) * (r[i] - rows.zero(t));
     }
 
     // Attention of `group` query heads sharing kv head g, over tokens [0, T).
+    // `scores` holds group·T floats, `scratch` attention_block·HeadDim.
     void attend_group(std::span<const float> q, std::size_t group, std::size_t g, std::size_t T,
-                      std::span<float> out) const {
-        std::vector<float> qr(q.begin(), q.end()), scores(group * T);
-        aligned_vector<float> scratch(detail::attention_block * HeadDim);
+                      std::span<float> out, float* scores, float* scratch) const {
+        std::vector<float> qr(q.begin(), q.end());
         if (rotation_)
             for (std::size_t h = 0; h < group; ++h)
                 rotation_->apply(std::span(qr).subspan(h * HeadDim, HeadDim));
         using arch = xsimd::default_arch;
-        if constexpr (HeadDim % xsimd::batch<float, arch>::size == 0)
-            detail::attend_rows<arch, HeadDim>(rows_of(k_, g), rows_of(v_, g), qr.data(), group, T,
-                                               out.data(), scratch.data(), scores.data());
+        if constexpr (HeadDim % (2 * xsimd::batch<float, arch>::size) == 0)
+            detail::attend_rows<arch, HeadDim>(keys_of(g), values_of(g), qr.data(), group, T,
+                                               out.data(), scratch, scores);
         else
-            detail::attend_rows_reference<HeadDim>(rows_of(k_, g), rows_of(v_, g), qr.data(), group,
-                                                   T, out.data(), scratch.data(), scores.data());
+            detail::attend_rows_reference<HeadDim>(keys_of(g), values_of(g), qr.data(), group, T,
+                                                   out.data(), scratch, scores);
     }
 
     kv_cache_options opt_;
     std::optional<rotation> rotation_;
     std::size_t size_ = 0;
+    std::size_t slots_ = 0;  // capacity rounded up to a multiple of detail::key_block
     storage k_, v_;
 };
 
