@@ -219,6 +219,39 @@ TEST_CASE("inverse_cholesky_upper_transposed equals the reference's three-step f
     }
 }
 
+TEST_CASE("inverse_cholesky_upper_transposed in float: the reference's factor to float accuracy") {
+    for (std::size_t n : {1u, 5u, 127u, 129u, 300u}) {
+        CAPTURE(n);
+        matrix<double> h = hessian_of(correlated_inputs(n + 20, n, 7));
+        for (std::size_t i = 0; i < n; ++i) h(i, i) += 0.01;
+        const matrix<double> u = naive_hinv_upper(h);
+        matrix<float> ut(n, n, 7.0f);  // stale contents must not leak into the result
+        REQUIRE(detail::inverse_cholesky_upper_transposed<float>(h.view(), ut.view()));
+        double worst = 0.0, scale = 0.0;
+        for (std::size_t i = 0; i < n; ++i)
+            for (std::size_t j = 0; j < n; ++j) {
+                worst = std::max(worst, std::abs(double(ut(j, i)) - u(i, j)));
+                scale = std::max(scale, std::abs(u(i, j)));
+                if (i < j) CHECK(ut(i, j) == 0.0f);
+            }
+        MESSAGE("n = " << n << ": worst |float − double| / max |U| = " << worst / scale);
+        CHECK(worst <= 1e-3 * scale);
+    }
+}
+
+TEST_CASE("antitranspose_lower maps x(a, b) to x(n−1−b, n−1−a) and zeros the upper triangle") {
+    for (std::size_t n : {1u, 2u, 31u, 32u, 33u, 70u, 129u}) {
+        CAPTURE(n);
+        matrix<float> x(n, n), ref(n, n);
+        for (std::size_t a = 0; a < n; ++a)
+            for (std::size_t b = 0; b < n; ++b) x(a, b) = static_cast<float>(a * 1000 + b);
+        for (std::size_t a = 0; a < n; ++a)
+            for (std::size_t b = 0; b <= a; ++b) ref(a, b) = x(n - 1 - b, n - 1 - a);
+        detail::antitranspose_lower<float>(x.view());
+        CHECK(std::ranges::equal(x.flat(), ref.flat()));
+    }
+}
+
 TEST_CASE("inverse_cholesky_upper_transposed reports an indefinite matrix") {
     matrix<double> h(200, 200);
     for (std::size_t i = 0; i < 200; ++i) h(i, i) = 1.0;

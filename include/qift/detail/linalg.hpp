@@ -12,6 +12,16 @@
 #include <span>
 #include <vector>
 
+#if defined(__linux__) && __has_include(<sys/mman.h>)
+#include <sys/mman.h>
+#if defined(MADV_HUGEPAGE)
+#define QIFT_HAS_MADVISE 1
+#endif
+#endif
+#ifndef QIFT_HAS_MADVISE
+#define QIFT_HAS_MADVISE 0
+#endif
+
 #include "xsimd.hpp"
 
 #include "../core.hpp"
@@ -29,22 +39,40 @@ constexpr std::size_t balanced_index(std::size_t t, std::size_t n) noexcept {
 }
 
 /// Uninitialized, `buffer_alignment`-aligned scratch storage (no value-initialization: the
-/// kernels overwrite it before reading).
+/// kernels overwrite it before reading). Buffers of `huge_page_bytes` or more are aligned to
+/// that size and, on Linux, advised for transparent huge pages before their first touch: the
+/// solver's n×n buffers (64–128 MiB at n = 4096) otherwise cost one page fault per 4 KiB,
+/// which on a virtualized host measured 11 µs each (0.35 s per 128 MiB) against 0.2–0.5 µs
+/// per 4 KiB with huge pages.
 template <class T>
 class scratch {
   public:
-    explicit scratch(std::size_t n)
-        : p_(n ? static_cast<T*>(::operator new (n * sizeof(T), std::align_val_t{buffer_alignment}))
-               : nullptr) {}
+    static constexpr std::size_t huge_page_bytes = std::size_t{2} << 20;
+
+    explicit scratch(std::size_t n) : align_(alignment(n * sizeof(T))) {
+        if (n == 0) return;
+        p_ = static_cast<T*>(::operator new (n * sizeof(T), std::align_val_t{align_}));
+#if QIFT_HAS_MADVISE
+        if (align_ == huge_page_bytes)
+            ::madvise(static_cast<void*>(p_), n * sizeof(T) / huge_page_bytes * huge_page_bytes,
+                      MADV_HUGEPAGE);
+#endif
+    }
     scratch(const scratch&) = delete;
     scratch& operator=(const scratch&) = delete;
     ~scratch() {
-        if (p_) ::operator delete (p_, std::align_val_t{buffer_alignment});
+        if (p_) ::operator delete (p_, std::align_val_t{align_});
     }
-    T* get() const noexcept { return p_; }
+    T* get() const noexcept {
+        return p_;
+    }
 
   private:
-    T* p_;
+    static constexpr std::size_t alignment(std::size_t bytes) noexcept {
+        return bytes >= huge_page_bytes ? huge_page_bytes : buffer_alignment;
+    }
+    std::size_t align_;
+    T* p_ = nullptr;
 };
 
 /// dst(i, j) = src(j, i) for the src.rows × src.cols view (dst is src.cols × src.rows),
@@ -182,38 +210,42 @@ inline void axpy_sub(float* y, const float* x, float alpha, std::size_t n) noexc
 }
 
 // ---------------------------------------------------------------------------------------
-// Small unblocked factorizations (diagonal blocks)
+// Small unblocked factorizations (diagonal blocks), accumulating in double for any T
 
-/// In-place lower Cholesky of the n×n block `a` (reads the lower triangle, writes L there).
-/// Returns false when a pivot is not positive and finite (the block is not positive definite).
-inline bool cholesky_unblocked(matrix_view<double> a) noexcept {
+/// In-place lower Cholesky of the n×n block `a` (reads the lower triangle, writes L there and
+/// zeros above it). Returns false when a pivot is not positive and finite (the block is not
+/// positive definite).
+template <class T>
+bool cholesky_unblocked(matrix_view<T> a) noexcept {
     const std::size_t n = a.rows;
     for (std::size_t j = 0; j < n; ++j) {
         double d = a(j, j);
-        for (std::size_t p = 0; p < j; ++p) d -= a(j, p) * a(j, p);
+        for (std::size_t p = 0; p < j; ++p) d -= double(a(j, p)) * double(a(j, p));
         if (!(d > 0.0) || !std::isfinite(d)) return false;
         const double ljj = std::sqrt(d);
-        a(j, j) = ljj;
+        a(j, j) = static_cast<T>(ljj);
         for (std::size_t i = j + 1; i < n; ++i) {
             double s = a(i, j);
-            for (std::size_t p = 0; p < j; ++p) s -= a(i, p) * a(j, p);
-            a(i, j) = s / ljj;
+            for (std::size_t p = 0; p < j; ++p) s -= double(a(i, p)) * double(a(j, p));
+            a(i, j) = static_cast<T>(s / ljj);
         }
+        for (std::size_t i = j + 1; i < n; ++i) a(j, i) = T(0);
     }
     return true;
 }
 
 /// x = L⁻¹ for the n×n lower-triangular `l` (x lower, its upper triangle set to 0). O(n³/6).
-inline void lower_inverse_unblocked(matrix_view<const double> l, matrix_view<double> x) noexcept {
+template <class T>
+void lower_inverse_unblocked(matrix_view<const T> l, matrix_view<T> x) noexcept {
     const std::size_t n = l.rows;
     for (std::size_t i = 0; i < n; ++i)
-        for (std::size_t j = i + 1; j < n; ++j) x(i, j) = 0.0;
+        for (std::size_t j = i + 1; j < n; ++j) x(i, j) = T(0);
     for (std::size_t j = 0; j < n; ++j) {
-        x(j, j) = 1.0 / l(j, j);
+        x(j, j) = static_cast<T>(1.0 / double(l(j, j)));
         for (std::size_t i = j + 1; i < n; ++i) {
             double s = 0.0;
-            for (std::size_t p = j; p < i; ++p) s += l(i, p) * x(p, j);
-            x(i, j) = -s / l(i, i);
+            for (std::size_t p = j; p < i; ++p) s += double(l(i, p)) * double(x(p, j));
+            x(i, j) = static_cast<T>(-s / double(l(i, i)));
         }
     }
 }
@@ -224,74 +256,81 @@ inline void lower_inverse_unblocked(matrix_view<const double> l, matrix_view<dou
 inline constexpr std::size_t factor_block = 128;
 
 /// In-place blocked lower Cholesky of the n×n SPD matrix `a` (row-major; only the lower triangle
-/// is read; on success the lower triangle holds L with A = L·Lᵀ and the upper is zeroed).
+/// is read; on success the lower triangle holds L with A = L·Lᵀ and the upper triangles of the
+/// 128×128 diagonal blocks are zeroed — the rest of the upper triangle is left as it was).
 /// Right-looking: factor the diagonal block, solve the panel by a GEMM with the block's inverse,
 /// update the trailing lower triangle by row blocks in parallel. Returns false when A is not
-/// positive definite (the contents of `a` are then unspecified). n³/3 + O(n²·128) flops.
-inline bool cholesky_lower(matrix_view<double> a) {
+/// positive definite (the contents of `a` are then unspecified). n³/3 + O(n²·128) flops in T.
+template <class T>
+bool cholesky_lower(matrix_view<T> a) {
     const std::size_t n = a.rows, nb = factor_block;
-    matrix<double> xkk(nb, nb), negxt(nb, nb);
+    matrix<T> xkk(nb, nb), negxt(nb, nb);
     const std::size_t panel_size = n > nb ? (n - nb) * nb : 0;
-    const scratch<double> panel(panel_size), panel_t(panel_size);
+    const scratch<T> panel(panel_size), panel_t(panel_size);
     for (std::size_t k0 = 0; k0 < n; k0 += nb) {
         const std::size_t kb = std::min(nb, n - k0);
-        if (!cholesky_unblocked({&a(k0, k0), kb, kb, a.stride})) return false;
+        if (!cholesky_unblocked<T>({&a(k0, k0), kb, kb, a.stride})) return false;
         const std::size_t r0 = k0 + kb, m = n - r0;
         if (m == 0) break;
         // Panel P = A[r0:, k0:k0+kb] · L_kk⁻ᵀ, as P ← 0 − Tmp·(−L_kk⁻ᵀ).
-        lower_inverse_unblocked({&a(k0, k0), kb, kb, a.stride}, {xkk.data(), kb, kb, nb});
+        lower_inverse_unblocked<T>({&a(k0, k0), kb, kb, a.stride}, {xkk.data(), kb, kb, nb});
         for (std::size_t p = 0; p < kb; ++p)
             for (std::size_t j = 0; j < kb; ++j) negxt(p, j) = -xkk(j, p);
-        const matrix_view<double> pv(&a(r0, k0), m, kb, a.stride);
-        for (std::size_t i = 0; i < m; ++i) std::copy_n(&pv(i, 0), kb, panel.get() + i * kb);
+        const matrix_view<T> pv(&a(r0, k0), m, kb, a.stride);
         const std::size_t row_blocks = (m + nb - 1) / nb;
         parallel_for(row_blocks, [&](std::size_t b, std::size_t e) {
             for (std::size_t t = b; t < e; ++t) {
                 const std::size_t i0 = t * nb, rows = std::min(nb, m - i0);
-                matrix_view<double> dst(&pv(i0, 0), rows, kb, pv.stride);
-                for (std::size_t i = 0; i < rows; ++i) std::fill_n(&dst(i, 0), kb, 0.0);
-                gemm_sub<double>(dst, matrix_view<const double>(panel.get() + i0 * kb, rows, kb),
-                                 matrix_view<const double>(negxt.data(), kb, kb, nb));
+                matrix_view<T> dst(&pv(i0, 0), rows, kb, pv.stride);
+                for (std::size_t i = 0; i < rows; ++i) {
+                    std::copy_n(&dst(i, 0), kb, panel.get() + (i0 + i) * kb);
+                    std::fill_n(&dst(i, 0), kb, T(0));
+                }
+                gemm_sub<T>(dst, matrix_view<const T>(panel.get() + i0 * kb, rows, kb),
+                            matrix_view<const T>(negxt.data(), kb, kb, nb));
+                // Pᵀ for the trailing update, this block's columns.
+                transpose_copy<T, T>(matrix_view<const T>(&pv(i0, 0), rows, kb, pv.stride),
+                                     {panel_t.get() + i0, kb, rows, m});
             }
         });
         // Trailing lower triangle: A[r0:, r0:] −= P·Pᵀ, by row blocks (each up to its diagonal).
-        transpose_copy<double, double>(pv, {panel_t.get(), kb, m});
         parallel_for(row_blocks, [&](std::size_t b, std::size_t e) {
             for (std::size_t t = b; t < e; ++t) {
                 const std::size_t rb = balanced_index(t, row_blocks);
                 const std::size_t i0 = rb * nb, rows = std::min(nb, m - i0);
-                gemm_sub<double>({&a(r0 + i0, r0), rows, i0 + rows, a.stride},
-                                 matrix_view<const double>(&pv(i0, 0), rows, kb, pv.stride),
-                                 matrix_view<const double>(panel_t.get(), kb, i0 + rows, m));
+                gemm_sub<T>({&a(r0 + i0, r0), rows, i0 + rows, a.stride},
+                            matrix_view<const T>(&pv(i0, 0), rows, kb, pv.stride),
+                            matrix_view<const T>(panel_t.get(), kb, i0 + rows, m));
             }
         });
     }
-    for (std::size_t i = 0; i < n; ++i)
-        for (std::size_t j = i + 1; j < n; ++j) a(i, j) = 0.0;
     return true;
 }
 
-/// In-place inverse of the n×n lower-triangular `a` (row-major; upper triangle must be zero and
-/// stays zero). Row-block form: X[I, :I] = −L_II⁻¹ · L[I, :I] · X[:I, :I], two GEMMs per block
-/// row split into column chunks in parallel. n³/3 + O(n²·128) flops.
-inline void lower_inverse(matrix_view<double> a) {
+/// In-place inverse of the n×n lower-triangular `a` (row-major; the upper triangles of the
+/// 128×128 diagonal blocks must be zero and stay zero; the rest of the upper triangle is not
+/// read). Row-block form: X[I, :I] = −L_II⁻¹ · L[I, :I] · X[:I, :I], two GEMMs per block row
+/// split into column chunks in parallel. n³/3 + O(n²·128) flops in T.
+template <class T>
+void lower_inverse(matrix_view<T> a) {
     const std::size_t n = a.rows, nb = factor_block;
-    matrix<double> xii(nb, nb);
-    const scratch<double> t(n > nb ? nb * (n - nb) : 0);
+    matrix<T> xii(nb, nb);
+    const scratch<T> t(n > nb ? nb * (n - nb) : 0);
     for (std::size_t i0 = 0; i0 < n; i0 += nb) {
         const std::size_t ib = std::min(nb, n - i0), k = i0;
-        lower_inverse_unblocked({&a(i0, i0), ib, ib, a.stride}, {xii.data(), ib, ib, nb});
+        lower_inverse_unblocked<T>({&a(i0, i0), ib, ib, a.stride}, {xii.data(), ib, ib, nb});
         if (k > 0) {
             // T = −L[I, :k] · X[:k, :k]; X is lower, so chunk [c0, c1) needs rows c0.. only.
-            std::fill_n(t.get(), ib * k, 0.0);
             const std::size_t chunks = (k + nb - 1) / nb;
             parallel_for(chunks, [&](std::size_t b, std::size_t e) {
                 for (std::size_t s = b; s < e; ++s) {
                     const std::size_t c0 = balanced_index(s, chunks) * nb,
                                       cw = std::min(nb, k - c0);
-                    gemm_sub<double>({t.get() + c0, ib, cw, k},
-                                     matrix_view<const double>(&a(i0, c0), ib, k - c0, a.stride),
-                                     matrix_view<const double>(&a(c0, c0), k - c0, cw, a.stride));
+                    for (std::size_t i = 0; i < ib; ++i)
+                        std::fill_n(t.get() + i * k + c0, cw, T(0));
+                    gemm_sub<T>({t.get() + c0, ib, cw, k},
+                                matrix_view<const T>(&a(i0, c0), ib, k - c0, a.stride),
+                                matrix_view<const T>(&a(c0, c0), k - c0, cw, a.stride));
                 }
             });
             // X[I, :k] = 0 − (−X_II)·T.
@@ -300,17 +339,37 @@ inline void lower_inverse(matrix_view<double> a) {
             parallel_for(chunks, [&](std::size_t b, std::size_t e) {
                 for (std::size_t s = b; s < e; ++s) {
                     const std::size_t c0 = s * nb, cw = std::min(nb, k - c0);
-                    matrix_view<double> dst(&a(i0, c0), ib, cw, a.stride);
-                    for (std::size_t i = 0; i < ib; ++i) std::fill_n(&dst(i, 0), cw, 0.0);
-                    gemm_sub<double>(dst, matrix_view<const double>(xii.data(), ib, ib, nb),
-                                     matrix_view<const double>(t.get() + c0, ib, cw, k));
+                    matrix_view<T> dst(&a(i0, c0), ib, cw, a.stride);
+                    for (std::size_t i = 0; i < ib; ++i) std::fill_n(&dst(i, 0), cw, T(0));
+                    gemm_sub<T>(dst, matrix_view<const T>(xii.data(), ib, ib, nb),
+                                matrix_view<const T>(t.get() + c0, ib, cw, k));
                 }
             });
             for (std::size_t i = 0; i < ib; ++i)
                 for (std::size_t j = 0; j <= i; ++j) xii(i, j) = -xii(i, j);
         }
-        for (std::size_t i = 0; i < ib; ++i) std::copy_n(&xii(i, 0), i + 1, &a(i0 + i, i0));
+        for (std::size_t i = 0; i < ib; ++i) std::copy_n(&xii(i, 0), ib, &a(i0 + i, i0));
     }
+}
+
+/// In place x(a, b) ↔ x(n−1−b, n−1−a) over the lower triangle (the transpose about the
+/// anti-diagonal, J·Xᵀ·J, which maps lower-triangular to lower-triangular), then the upper
+/// triangle set to 0. In 32×32 tiles paired with their mirror tiles, in parallel by tile rows.
+template <class T>
+void antitranspose_lower(matrix_view<T> x) {
+    constexpr std::size_t tb = 32;
+    const std::size_t n = x.rows, tiles = (n + tb - 1) / tb;
+    parallel_for(tiles, [&](std::size_t begin, std::size_t end) {
+        for (std::size_t s = begin; s < end; ++s) {
+            const std::size_t a0 = balanced_index(s, tiles) * tb, a1 = std::min(n, a0 + tb);
+            for (std::size_t a = a0; a < a1; ++a) std::fill(&x(a, 0) + a + 1, &x(a, 0) + n, T(0));
+            // Each pair once: the element with a + b < n − 1 swaps with its mirror.
+            for (std::size_t b0 = 0; b0 < a1 && b0 + a0 + 1 < n; b0 += tb)
+                for (std::size_t a = a0; a < a1; ++a)
+                    for (std::size_t b = b0; b < std::min({b0 + tb, a + 1, n - 1 - a}); ++b)
+                        std::swap(x(a, b), x(n - 1 - b, n - 1 - a));
+        }
+    });
 }
 
 /// The upper Cholesky factor of B⁻¹ (what GPTQ calls Hinv) for B = P·A·P with its diagonal
@@ -318,34 +377,30 @@ inline void lower_inverse(matrix_view<double> a) {
 /// with positive diagonal and Uᵀ·U = B⁻¹: the same factor as the reference's cholesky →
 /// cholesky_inverse → cholesky(upper), computed with one factorization and one inverse: with J
 /// the index reversal, J·B·J = L·Lᵀ gives U = J·L⁻¹·J. Writes Uᵀ (lower, row-major,
-/// ut(j, i) = U(i, j)) into `ut` (n×n, converted to T). A must be symmetric (its rows are read
-/// as its columns); perm a permutation of [0, n). Returns false when B is not positive definite.
-/// 2n³/3 flops in double, on both cores through parallel_for.
+/// ut(j, i) = U(i, j), upper triangle 0) into `ut` (n×n), computing in ut's own precision T
+/// and in place (no n×n buffer besides ut). A must be symmetric (its rows are read as its
+/// columns); perm a permutation of [0, n). Returns false when B is not positive definite.
+/// 2n³/3 flops in T, on both cores through parallel_for.
 template <class T, class S>
 bool inverse_cholesky_upper_transposed(matrix_view<const S> a, std::span<const std::size_t> perm,
                                        std::span<const double> diag, matrix_view<T> ut) {
     const std::size_t n = a.rows;
-    const scratch<double> rbuf(n * n);
-    const matrix_view<double> r(rbuf.get(), n, n);
-    // R = J·B·J: R(i, j) = B(n−1−i, n−1−j) = A(perm[n−1−i], perm[n−1−j]), row by row.
+    // R = J·B·J: R(i, j) = B(n−1−i, n−1−j) = A(perm[n−1−i], perm[n−1−j]), lower triangle.
     parallel_for(n, [&](std::size_t b, std::size_t e) {
-        for (std::size_t i = b; i < e; ++i) {
+        for (std::size_t s = b; s < e; ++s) {
+            const std::size_t i = balanced_index(s, n);
             const S* src = &a(perm[n - 1 - i], 0);
-            for (std::size_t j = 0; j < i; ++j) r(i, j) = static_cast<double>(src[perm[n - 1 - j]]);
-            r(i, i) = diag[n - 1 - i];
+            for (std::size_t j = 0; j < i; ++j) ut(i, j) = static_cast<T>(src[perm[n - 1 - j]]);
+            ut(i, i) = static_cast<T>(diag[n - 1 - i]);
+            // The rest of the diagonal block's row: written (as zeros) by the trailing updates.
+            std::fill(&ut(i, 0) + i + 1,
+                      &ut(i, 0) + std::min(n, (i / factor_block + 1) * factor_block), T(0));
         }
     });
-    if (!cholesky_lower(r)) return false;
-    lower_inverse(r);
-    // U(i, j) = R(n−1−i, n−1−j) for j ≥ i, so Uᵀ(j, i) = Rᵀ(n−1−j, n−1−i): transpose R, then
-    // reverse both index orders (R's upper triangle is zero, so Uᵀ's is too).
-    transpose_copy<double, T>(r, ut);
-    for (std::size_t j = 0; j < n / 2; ++j) {
-        std::reverse(&ut(j, 0), &ut(j, 0) + n);
-        std::reverse(&ut(n - 1 - j, 0), &ut(n - 1 - j, 0) + n);
-        std::swap_ranges(&ut(j, 0), &ut(j, 0) + n, &ut(n - 1 - j, 0));
-    }
-    if (n % 2) std::reverse(&ut(n / 2, 0), &ut(n / 2, 0) + n);
+    if (!cholesky_lower<T>(ut)) return false;
+    lower_inverse<T>(ut);
+    // U(i, j) = R(n−1−i, n−1−j) for j ≥ i, so Uᵀ(a, b) = R(n−1−b, n−1−a) for b ≤ a.
+    antitranspose_lower<T>(ut);
     return true;
 }
 
