@@ -77,6 +77,10 @@ struct integer_dot_tables {
 //  * int32 accumulators: |Σ l·a| <= 15·8·2^16 < 2^23; the unsigned-offset form adds at most
 //    |Σ u·a| <= 30·8·2^16 < 2^24 and subtracts offset·|Σa| <= 15·8·2^16 < 2^23. Every partial
 //    sum fits int32 with room to spare.
+//  * The VNNI GEMV tile (integer_dot_lut_madd::gemv_tile) keeps one int32 accumulator per slot:
+//    its bytes are u <= 30, or for linear sets 2^(bits·s)·c <= 240, so each product is at most
+//    255·8 and |acc| <= 255·8·2^16 < 2^27; the shift back by bits·s is exact (every term of
+//    that accumulator is a multiple of 2^(bits·s)) and the scaled sum is the bound above.
 //  * int16 intermediates (vpmaddubsw path): one vpmaddubsw lane is u1·a1 + u2·a2, |.| <= 2·30·8
 //    = 480 (never saturates); the kernel adds the lanes of the S <= 4 slots of one block before
 //    widening with vpmaddwd: |.| <= 4·480 = 1920 < 2^15.
@@ -197,6 +201,106 @@ inline std::int32_t hsum_epi32(__m256i v) noexcept {
 }
 #endif
 
+#if defined(__AVX512BW__)
+/// Decoding of 64-byte blocks of level set L into S registers of unsigned bytes u, register s
+/// holding the codes of slot s. Sets whose offset levels are linear in the code (u[c] = scale·c:
+/// standard, MNZ, int4, ...) are decoded by a mask alone, to 2^(bits·s)·c; the caller shifts the
+/// slot-s sum right by shift(s) (exact) and multiplies by scale. Other sets go through a byte
+/// table: vpermb (VBMI: 64 entries, the 6 low bits select, so no mask) or vpshufb.
+template <class L>
+struct block_decode_512 {
+    using T = integer_dot_tables<L>;
+    static constexpr int S = int(T::slots);
+    static constexpr bool linear = [] {
+        for (std::size_t c = 0; c < (std::size_t{1} << T::bits); ++c)
+            if (T::u[c] != T::u[1] * c) return false;
+        return true;
+    }();
+    static constexpr int scale = linear ? int(T::u[1]) : 1;
+    static constexpr unsigned shift(int s) noexcept { return unsigned(s) * T::bits; }
+    // Table k maps a byte to u of the code in bits [k·bits, k·bits + bits) of its index.
+    static constexpr std::array<std::uint8_t, 64> table(unsigned k) noexcept {
+        std::array<std::uint8_t, 64> t{};
+        for (std::size_t i = 0; i < 64; ++i)
+            t[i] = T::u[(i >> (k * T::bits)) & packed_codes<T::bits>::mask];
+        return t;
+    }
+    alignas(64) static constexpr std::array<std::uint8_t, 64> table0 = table(0);
+    alignas(64) static constexpr std::array<std::uint8_t, 64> table1 = table(1);
+    alignas(64) static constexpr std::array<std::uint8_t, 64> table2 = table(2);
+
+    /// The three tables (table k in lut[k]) as registers.
+    static void load(__m512i (&lut)[3]) noexcept {
+        lut[0] = _mm512_load_si512(table0.data());
+        lut[1] = _mm512_load_si512(table1.data());
+        lut[2] = _mm512_load_si512(table2.data());
+    }
+
+    __attribute__((always_inline)) static inline void run(__m512i blk, const __m512i (&lut)[3],
+                                                          __m512i (&d)[S]) noexcept {
+        if constexpr (linear) {
+#pragma GCC unroll 4
+            for (int s = 0; s < S; ++s)
+                d[s] = _mm512_and_si512(
+                    blk,
+                    _mm512_set1_epi8(static_cast<char>(packed_codes<T::bits>::mask << shift(s))));
+        } else {
+#if defined(__AVX512VBMI__)
+            if constexpr (T::bits == 2) {
+                d[0] = _mm512_permutexvar_epi8(blk, lut[0]);
+                d[1] = _mm512_permutexvar_epi8(blk, lut[1]);
+                d[2] = _mm512_permutexvar_epi8(blk, lut[2]);
+                // Bits 6-7 move to 4-5; what the 16-bit shift brings into bits 6-7 is ignored.
+                d[3] = _mm512_permutexvar_epi8(_mm512_srli_epi16(blk, 2), lut[2]);
+            } else {
+                d[0] = _mm512_permutexvar_epi8(blk, lut[0]);
+                d[1] = _mm512_permutexvar_epi8(_mm512_srli_epi16(blk, 4), lut[0]);
+            }
+#else
+            // vpshufb reads 4 index bits (and gives 0 where bit 7 is set): nibbles first. Its
+            // tables are the first 16 entries of table 0 and 1, in each 128-bit lane.
+            const __m512i nib = _mm512_set1_epi8(0x0F);
+            const __m512i lo = _mm512_and_si512(blk, nib);
+            const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(blk, 4), nib);
+            const __m512i t0 = _mm512_shuffle_i32x4(lut[0], lut[0], 0);
+            if constexpr (T::bits == 2) {
+                const __m512i t1 = _mm512_shuffle_i32x4(lut[1], lut[1], 0);
+                d[0] = _mm512_shuffle_epi8(t0, lo);
+                d[1] = _mm512_shuffle_epi8(t1, lo);
+                d[2] = _mm512_shuffle_epi8(t0, hi);
+                d[3] = _mm512_shuffle_epi8(t1, hi);
+            } else {
+                d[0] = _mm512_shuffle_epi8(t0, lo);
+                d[1] = _mm512_shuffle_epi8(t0, hi);
+            }
+#endif
+        }
+    }
+};
+
+/// Horizontal sums of R int32 vectors at once (R = 1, 2, 4 or 8): res[r] = Σ lanes of v[r].
+/// Halving and pairwise adds reduce them together, about 2 instructions a row instead of ~8.
+template <int R>
+inline void reduce_rows_epi32(const __m512i* v, std::int32_t* res) noexcept {
+    if constexpr (R < 4) {
+        for (int r = 0; r < R; ++r) res[r] = _mm512_reduce_add_epi32(v[r]);
+    } else {
+        const auto half = [](__m512i x) {
+            return _mm256_add_epi32(_mm512_castsi512_si256(x), _mm512_extracti64x4_epi64(x, 1));
+        };
+#pragma GCC unroll 2
+        for (int g = 0; g < R; g += 4) {
+            // [Σ4 of row g, g+1, g+2, g+3] in each 128-bit half, then the halves added.
+            const __m256i p = _mm256_hadd_epi32(_mm256_hadd_epi32(half(v[g]), half(v[g + 1])),
+                                                _mm256_hadd_epi32(half(v[g + 2]), half(v[g + 3])));
+            _mm_store_si128(
+                reinterpret_cast<__m128i*>(res + g),
+                _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1)));
+        }
+    }
+}
+#endif
+
 /// Integer dot tile by byte-shuffle decode and integer multiply-add, the x86 path (AVX2 and
 /// AVX-512BW, with VNNI vpdpbusd where the target has it). Why this realizes "no multiplies by
 /// weights": a 2-bit code selects one of four small integers, so decoding is a table lookup
@@ -204,10 +308,12 @@ inline std::int32_t hsum_epi32(__m256i v) noexcept {
 /// 2 masks, 1 shift and 4 shuffles per 64-byte block), and the dot product then runs on the
 /// integer multiply-add unit, which multiplies bytes by bytes at 64 (AVX-512) products an
 /// instruction; the literal sign/shift/select of integer_dot_shift_add needs ~8 ops per 64
-/// products for PoT-MNZ before widening and measures slower (bench_gemv, PoT-MNZ 4096x4096, one
-/// Zen 5 thread, weights hot: 108 µs here against 588 µs for the shift-add kernel). Unsigned×signed
-/// products use u = level + offset (integer_dot_tables) and subtract offset·Σa, with
-/// asum[j] = Σ_k a[j·a_stride + k] supplied by the caller (quantized_activations::sums).
+/// products for PoT-MNZ before widening and measures slower (PoT-MNZ 4096x4096, one Zen 5
+/// thread, weights hot: 588 µs for shift-add, 108 µs for the earlier vpshufb tile, ~62 µs best
+/// of 600 calls for the VNNI GEMV tile below with vpermb decode, ~50 µs with MNZ's mask decode).
+/// Unsigned×signed products use u = level + offset (integer_dot_tables) and subtract
+/// offset·Σa, with asum[j] = Σ_k a[j·a_stride + k] supplied by the caller
+/// (quantized_activations::sums).
 /// Same contract as integer_dot_scalar otherwise; on other architectures it runs
 /// integer_dot_shift_add.
 struct integer_dot_lut_madd {
@@ -257,10 +363,108 @@ struct integer_dot_lut_madd {
                                 ldo);
     }
 
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+    /// One token against R rows with vpdpbusd (the GEMV tile). Each weight byte is loaded
+    /// once and decoded to S registers of u; the activations of a block are shared by the R
+    /// rows (memory operands of vpdpbusd, from L1). Four int32 accumulators per row, one per
+    /// slot (2-bit) or per slot and block parity (4-bit), so consecutive vpdpbusd do not wait
+    /// on each other; the R·4 are reduced together at the end.
+    static constexpr std::size_t prefetch_distance = 8192;
+
+    template <int R, class L>
+    static void gemv_tile(const std::uint8_t* w, std::size_t w_stride, std::size_t blocks,
+                          const std::int8_t* a, const std::int32_t* asum, std::int32_t* out,
+                          std::size_t ldo) noexcept {
+        using T = integer_dot_tables<L>;
+        using D = block_decode_512<L>;
+        constexpr int S = int(T::slots);
+        __m512i lut[3];
+        D::load(lut);
+        __m512i acc[R][4];
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; ++k) acc[r][k] = _mm512_setzero_si512();
+        std::size_t b = 0;
+        // Software prefetch of the same block some tiles ahead (the rows that follow in
+        // memory), at least prefetch_distance bytes: a 4-row tile of a 4096-column matrix is
+        // one 4 KiB page, which the hardware prefetchers do not cross, and each row is a short
+        // stream they barely train on (4096² PoT-MNZ cold, one Zen 5 thread: 255 µs → 130 µs).
+        // Addresses past the matrix are only prefetched, never loaded.
+        const std::size_t tile_bytes = std::size_t(R) * w_stride;
+        const std::size_t ahead = (prefetch_distance + tile_bytes - 1) / tile_bytes * tile_bytes;
+        const auto wp = reinterpret_cast<std::uintptr_t>(w);
+        const auto step = [&](std::size_t bb, auto set) __attribute__((always_inline)) {
+            // Activations in registers, loaded once for the R rows: loads, not the vector
+            // units, were the limit with memory operands (6 loads per row and block).
+            __m512i x[S];
+#pragma GCC unroll 4
+            for (int s = 0; s < S; ++s)
+                x[s] = _mm512_load_si512(a + bb * T::block_codes + std::size_t(s) * 64);
+#pragma GCC unroll 16
+            for (int r = 0; r < R; ++r) {
+                _mm_prefetch(
+                    reinterpret_cast<const char*>(wp + std::size_t(r) * w_stride + bb * 64 + ahead),
+                    _MM_HINT_T0);
+                __m512i blk = _mm512_load_si512(w + std::size_t(r) * w_stride + bb * 64);
+#if defined(__GNUC__) && !defined(__clang__)
+                // One load of the weights, not one folded into each of the S decode ops.
+                __asm__("" : "+v"(blk));
+#endif
+                __m512i d[S];
+                D::run(blk, lut, d);
+#pragma GCC unroll 4
+                for (int s = 0; s < S; ++s) {
+                    __m512i c = acc[r][decltype(set)::value * S + s];
+#if defined(__GNUC__) && !defined(__clang__)
+                    // GCC 12 copies (and spills) the accumulator around the intrinsic; the
+                    // asm form keeps it in its register.
+                    __asm__("vpdpbusd %2, %1, %0" : "+v"(c) : "v"(d[s]), "v"(x[s]));
+#else
+                    c = _mm512_dpbusd_epi32(c, d[s], x[s]);
+#endif
+                    acc[r][decltype(set)::value * S + s] = c;
+                }
+            }
+        };
+        if constexpr (S == 4) {
+            for (; b < blocks; ++b) step(b, std::integral_constant<int, 0>{});
+        } else {
+            for (; b + 2 <= blocks; b += 2) {
+                step(b, std::integral_constant<int, 0>{});
+                step(b + 1, std::integral_constant<int, 1>{});
+            }
+            if (b < blocks) step(b, std::integral_constant<int, 0>{});
+        }
+        __m512i tot[R];
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+            // Linear sets decode slot s to 2^(bits·s)·c: scale each slot back (exact shifts).
+            __m512i t = acc[r][0];
+#pragma GCC unroll 4
+            for (int k = 1; k < 4; ++k)
+                t = _mm512_add_epi32(
+                    t, D::linear ? _mm512_srai_epi32(acc[r][k], D::shift(k % S)) : acc[r][k]);
+            tot[r] = t;
+        }
+        alignas(16) std::int32_t res[R < 4 ? 4 : R];
+        reduce_rows_epi32<R>(tot, res);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r)
+            out[std::size_t(r) * ldo] = D::scale * res[r] - T::offset * asum[0];
+    }
+#endif
+
     template <int R, int Tk, bool Wide, class L>
     static void tile(const std::uint8_t* w, std::size_t w_stride, std::size_t blocks,
                      const std::int8_t* a, std::size_t a_stride, const std::int32_t* asum,
                      std::int32_t* out, std::size_t ldo) noexcept {
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+        if constexpr (Wide && Tk == 1) {
+            gemv_tile<R, L>(w, w_stride, blocks, a, asum, out, ldo);
+            return;
+        }
+#endif
         using T = integer_dot_tables<L>;
         // Table 0 decodes the code in bits 0-1 of a 4-bit index, table 1 the code in bits 2-3
         // (2-bit storage); 4-bit storage uses table 0 = u directly.
