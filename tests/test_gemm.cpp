@@ -9,22 +9,12 @@
 
 #include <qift/gemm.hpp>
 
+#include "test_support.hpp"
+
 namespace {
 
-qift::matrix<float> random_matrix(std::size_t rows, std::size_t cols, unsigned seed) {
-    std::mt19937 gen(seed);
-    std::normal_distribution<float> dist(0.0f, 1.0f);
-    qift::matrix<float> m(rows, cols);
-    for (auto& v : m.flat()) v = dist(gen);
-    return m;
-}
-
-template <class L>
-qift::quantized_matrix<L> quantize_fast(const qift::matrix<float>& w) {
-    qift::scale_options opt;
-    opt.rule = qift::scale_rule::max;
-    return qift::quantize<L>(w, opt);
-}
+using qift::test::gaussian_matrix;
+using qift::test::quantize_fast;
 
 void check_close(const qift::matrix<float>& y, const qift::matrix<float>& w,
                  const qift::matrix<float>& x) {
@@ -52,8 +42,8 @@ TEST_CASE_TEMPLATE("integer gemm is bit-exact with the reference and with gemv",
     for (std::size_t tokens : {1u, 3u, 17u, 70u})
         for (std::size_t rows : {5u, 18u})
             for (std::size_t cols : {129u, 1000u}) {
-                const auto w = random_matrix(rows, cols, seed++);
-                const auto x = random_matrix(tokens, cols, seed++);
+                const auto w = gaussian_matrix(rows, cols, seed++);
+                const auto x = gaussian_matrix(tokens, cols, seed++);
                 const auto q = quantize_fast<L>(w);
                 const qift::packed_matrix<L> p(q);
                 const auto a = qift::quantize_activations(x, 0.9f);
@@ -88,8 +78,8 @@ TEST_CASE_TEMPLATE("float W2A16 gemm matches dequantize-then-matmul", L, qift::l
     for (std::size_t tokens : {1u, 3u, 17u})
         for (std::size_t cols : {77u, 513u}) {
             const std::size_t rows = 9;
-            const auto w = random_matrix(rows, cols, seed++);
-            const auto x = random_matrix(tokens, cols, seed++);
+            const auto w = gaussian_matrix(rows, cols, seed++);
+            const auto x = gaussian_matrix(tokens, cols, seed++);
             const auto q = quantize_fast<L>(w);
             const qift::packed_matrix<L> p(q);
             const auto wq = q.dequantize();
@@ -110,12 +100,12 @@ TEST_CASE_TEMPLATE("float W2A16 gemm matches dequantize-then-matmul", L, qift::l
 }
 
 TEST_CASE("gemm rejects bad shapes") {
-    const auto w = random_matrix(4, 64, 3);
+    const auto w = gaussian_matrix(4, 64, 3);
     const qift::packed_matrix<qift::levels::pot_mnz> p(quantize_fast<qift::levels::pot_mnz>(w));
-    const auto a = qift::quantize_activations(random_matrix(3, 64, 4));
+    const auto a = qift::quantize_activations(gaussian_matrix(3, 64, 4));
     qift::matrix<float> bad(3, 5), good(3, 4);
     CHECK_THROWS_AS(qift::gemm(p, a, bad), qift::error);
     CHECK_NOTHROW(qift::gemm(p, a, good));
-    const auto x = random_matrix(3, 65, 5);
+    const auto x = gaussian_matrix(3, 65, 5);
     CHECK_THROWS_AS(qift::gemm(p, x, good), qift::error);
 }

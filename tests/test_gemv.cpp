@@ -9,22 +9,12 @@
 
 #include <qift/gemv.hpp>
 
+#include "test_support.hpp"
+
 namespace {
 
-qift::matrix<float> random_matrix(std::size_t rows, std::size_t cols, unsigned seed) {
-    std::mt19937 gen(seed);
-    std::normal_distribution<float> dist(0.0f, 1.0f);
-    qift::matrix<float> m(rows, cols);
-    for (auto& v : m.flat()) v = dist(gen);
-    return m;
-}
-
-template <class L>
-qift::quantized_matrix<L> quantize_fast(const qift::matrix<float>& w) {
-    qift::scale_options opt;
-    opt.rule = qift::scale_rule::max;
-    return qift::quantize<L>(w, opt);
-}
+using qift::test::gaussian_matrix;
+using qift::test::quantize_fast;
 
 // |y − Σ w·x| <= 1e-5 · Σ|w·x| (+ a denormal floor), in double from the dequantized operands.
 void check_close(std::span<const float> y, const qift::matrix<float>& w,
@@ -74,8 +64,8 @@ TEST_CASE_TEMPLATE("integer gemv is bit-exact with the reference and matches flo
     unsigned seed = 1;
     for (std::size_t rows : {1u, 5u, 13u})
         for (std::size_t cols : {1u, 63u, 256u, 257u, 4097u}) {
-            const auto w = random_matrix(rows, cols, seed++);
-            const auto x = random_matrix(1, cols, seed++);
+            const auto w = gaussian_matrix(rows, cols, seed++);
+            const auto x = gaussian_matrix(1, cols, seed++);
             check_integer_gemv(quantize_fast<L>(w), qift::quantize_activations(x, 0.9f));
         }
 }
@@ -123,8 +113,8 @@ TEST_CASE_TEMPLATE("float W2A16 gemv matches dequantize-then-matmul", L, qift::l
     unsigned seed = 100;
     for (std::size_t rows : {1u, 6u, 11u})
         for (std::size_t cols : {1u, 65u, 256u, 4097u}) {
-            const auto w = random_matrix(rows, cols, seed++);
-            const auto x = random_matrix(1, cols, seed++);
+            const auto w = gaussian_matrix(rows, cols, seed++);
+            const auto x = gaussian_matrix(1, cols, seed++);
             const auto q = quantize_fast<L>(w);
             const qift::packed_matrix<L> p(q);
             const auto wq = q.dequantize();
@@ -145,7 +135,7 @@ TEST_CASE_TEMPLATE("float W2A16 gemv matches dequantize-then-matmul", L, qift::l
 }
 
 TEST_CASE("packed_matrix and gemv reject bad input") {
-    const auto w = random_matrix(4, 64, 7);
+    const auto w = gaussian_matrix(4, 64, 7);
     qift::scale_options opt;
     opt.rule = qift::scale_rule::max;
     opt.group_size = 32;
@@ -155,20 +145,20 @@ TEST_CASE("packed_matrix and gemv reject bad input") {
     CHECK(p.rows() == 4);
     CHECK(p.cols() == 64);
     CHECK(p.code_bytes() == 4 * 64);
-    const auto a = qift::quantize_activations(random_matrix(1, 63, 8));
+    const auto a = qift::quantize_activations(gaussian_matrix(1, 63, 8));
     std::vector<float> y(4), y3(3);
     CHECK_THROWS_AS(qift::gemv(p, a, y), qift::error);
-    const auto a2 = qift::quantize_activations(random_matrix(2, 64, 8));
+    const auto a2 = qift::quantize_activations(gaussian_matrix(2, 64, 8));
     CHECK_THROWS_AS(qift::gemv(p, a2, y), qift::error);
-    const auto a1 = qift::quantize_activations(random_matrix(1, 64, 8));
+    const auto a1 = qift::quantize_activations(gaussian_matrix(1, 64, 8));
     CHECK_THROWS_AS(qift::gemv(p, a1, y3), qift::error);
     std::vector<float> x(63);
     CHECK_THROWS_AS(qift::gemv(p, x, y), qift::error);
 }
 
 TEST_CASE("gemv splits rows over threads with the same result") {
-    const auto w = random_matrix(301, 4097, 9);
-    const auto x = random_matrix(1, 4097, 10);
+    const auto w = gaussian_matrix(301, 4097, 9);
+    const auto x = gaussian_matrix(1, 4097, 10);
     const qift::packed_matrix<qift::levels::pot_mnz> p(quantize_fast<qift::levels::pot_mnz>(w));
     const auto a = qift::quantize_activations(x);
     std::vector<float> y_serial(301), y_par(301);

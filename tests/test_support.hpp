@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
-// Small helpers shared by the test files: seeded random matrices.
+// Small helpers shared by the test files: seeded random matrices and a quick quantizer.
 #pragma once
 
 #include <qift/core.hpp>
+#include <qift/scale.hpp>
 
 #include <cstdint>
 #include <random>
@@ -25,6 +26,14 @@ inline matrix<std::uint8_t> random_codes(std::size_t rows, std::size_t cols, uns
     matrix<std::uint8_t> m(rows, cols);
     for (auto& x : m.flat()) x = static_cast<std::uint8_t>(d(gen));
     return m;
+}
+
+/// RTN with the max-based scale: the quickest way to a valid quantized_matrix in kernel tests.
+template <class L>
+quantized_matrix<L> quantize_fast(const matrix<float>& w) {
+    scale_options opt;
+    opt.rule = scale_rule::max;
+    return quantize<L>(w, opt);
 }
 
 }  // namespace qift::test
