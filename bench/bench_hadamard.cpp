@@ -14,16 +14,10 @@
 
 namespace {
 
-// The baseline: in-place radix-2 butterflies, partner distance h doubling.
+// The baseline: the textbook radix-2 loop (h doubling, in place), which is the library's own
+// scalar reference detail::fwht_reference with scale 1, compiled here with the same flags.
 void textbook_fwht(float* x, std::size_t n) {
-    for (std::size_t h = 1; h < n; h *= 2)
-        for (std::size_t i = 0; i < n; i += 2 * h)
-            for (std::size_t j = i; j < i + h; ++j) {
-                const float a = x[j];
-                const float b = x[j + h];
-                x[j] = a + b;
-                x[j + h] = a - b;
-            }
+    qift::detail::fwht_reference(x, n, 1.0f);
 }
 
 // The baseline for n = K·2^m: the textbook FWHT on each row of the K×2^m view, then the

@@ -302,12 +302,10 @@ inline std::vector<std::array<matrix<double>, 7>> calibrate(
     const model f = rotated_float_model(r);
     std::vector<std::array<std::vector<float>, 7>> inputs(r.layers.size());
     model rec = assemble(r, [&](std::size_t l, int i) -> std::unique_ptr<linear_op> {
-        const linear_op* inner = nullptr;
         const layer& L = f.layers[l];
         const linear_op* all[7] = {L.wq.get(), L.wk.get(), L.wv.get(), L.wo.get(),
                                    L.w1.get(), L.w2.get(), L.w3.get()};
-        inner = all[i];
-        return std::make_unique<recording_linear>(*inner, inputs[l][std::size_t(i)]);
+        return std::make_unique<recording_linear>(*all[i], inputs[l][std::size_t(i)]);
     });
     for (const auto& s : seqs) {
         session sess(rec);
