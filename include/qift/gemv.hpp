@@ -147,13 +147,16 @@ void integer_rows(const Kernel& kernel, Arch arch, const packed_matrix<L>& w,
         const std::size_t nt = std::min(tb, t1 - tt);
         kernel(arch, L{}, codes.row_data(r0), codes.row_bytes(), r1 - r0, blocks, a.row(tt),
                a.padded_cols, a.sums.data() + tt, nt, dots, tb);
-        for (std::size_t i = 0; i < r1 - r0; ++i) {
-            const std::int32_t z = level_traits<L>::has_zero_point ? w.zero_points()[r0 + i] : 0;
-            for (std::size_t j = 0; j < nt; ++j)
+        // Token-major: each token's outputs are one contiguous run of y. (Row-major order here
+        // wrote 64 tokens y_stride apart, one L1 set for a 4096-wide y: a third of the GEMM.)
+        for (std::size_t j = 0; j < nt; ++j)
+            for (std::size_t i = 0; i < r1 - r0; ++i) {
+                const std::int32_t z =
+                    level_traits<L>::has_zero_point ? w.zero_points()[r0 + i] : 0;
                 y[(tt + j) * y_stride + r0 + i] =
                     integer_epilogue(dots[i * tb + j], w.integer_scales()[r0 + i], z,
                                      a.scales[tt + j], a.sums[tt + j]);
-        }
+            }
     }
 }
 
@@ -200,8 +203,8 @@ void w2a16_rows(Arch arch, const packed_matrix<L>& w, const float* x, std::size_
             float_dot_lut_fma{}(arch, std::integral_constant<unsigned, bits>{}, codes.row_data(r0),
                                 codes.row_bytes(), r1 - r0, blocks, w.level_tables() + r0 * 16,
                                 x + tt * x_stride, x_stride, nt, dots, tb);
-        for (std::size_t i = 0; i < r1 - r0; ++i)
-            for (std::size_t j = 0; j < nt; ++j)
+        for (std::size_t j = 0; j < nt; ++j)
+            for (std::size_t i = 0; i < r1 - r0; ++i)
                 y[(tt + j) * y_stride + r0 + i] = w.scales()[r0 + i] * dots[i * tb + j];
     }
 }
