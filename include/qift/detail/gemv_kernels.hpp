@@ -236,9 +236,13 @@ struct block_decode_512 {
         lut[2] = _mm512_load_si512(table2.data());
     }
 
+    /// Table = true decodes every set through the tables, to u itself (shift(s) does not
+    /// apply): the GEMM tile, which shares one decode among several tokens, takes that form.
+    template <bool Table = !linear>
     __attribute__((always_inline)) static inline void run(__m512i blk, const __m512i (&lut)[3],
                                                           __m512i (&d)[S]) noexcept {
-        if constexpr (linear) {
+        static_assert(Table || linear, "the mask decode is for linear sets only");
+        if constexpr (!Table) {
 #pragma GCC unroll 4
             for (int s = 0; s < S; ++s)
                 d[s] = _mm512_and_si512(
@@ -275,6 +279,25 @@ struct block_decode_512 {
             }
 #endif
         }
+    }
+
+    /// Slot s alone through the tables (to u), for tiles that decode slot by slot.
+    template <int s>
+    __attribute__((always_inline)) static inline __m512i slot(__m512i blk,
+                                                              const __m512i (&lut)[3]) noexcept {
+#if defined(__AVX512VBMI__)
+        if constexpr (T::bits == 2)
+            return s < 3 ? _mm512_permutexvar_epi8(blk, lut[s])
+                         : _mm512_permutexvar_epi8(_mm512_srli_epi16(blk, 2), lut[2]);
+        else
+            return _mm512_permutexvar_epi8(s == 0 ? blk : _mm512_srli_epi16(blk, 4), lut[0]);
+#else
+        const __m512i nib = _mm512_set1_epi8(0x0F);
+        const __m512i idx =
+            _mm512_and_si512(s * T::bits < 4 ? blk : _mm512_srli_epi16(blk, 4), nib);
+        const int k = T::bits == 2 ? s % 2 : 0;
+        return _mm512_shuffle_epi8(_mm512_shuffle_i32x4(lut[k], lut[k], 0), idx);
+#endif
     }
 };
 
@@ -335,13 +358,16 @@ struct integer_dot_lut_madd {
             false;
 #endif
         if constexpr (use512 || use256) {
-            std::size_t i = 0;
-            for (; i + 4 <= rows; i += 4)
-                tiles<4, use512, L>(w + i * w_stride, w_stride, blocks, a, a_stride, asum, tokens,
-                                    out + i * ldo, ldo);
-            for (; i < rows; ++i)
-                tiles<1, use512, L>(w + i * w_stride, w_stride, blocks, a, a_stride, asum, tokens,
-                                    out + i * ldo, ldo);
+            // Token tiles outside, row tiles inside: the activations of 4 tokens (4·K bytes)
+            // stay in L1 while the rows pass, instead of every token streaming from L2 once
+            // per row tile.
+            std::size_t j = 0;
+            for (; j + 4 <= tokens; j += 4)
+                row_tiles<4, use512, L>(w, w_stride, rows, blocks, a + j * a_stride, a_stride,
+                                        asum + j, out + j, ldo);
+            for (; j < tokens; ++j)
+                row_tiles<1, use512, L>(w, w_stride, rows, blocks, a + j * a_stride, a_stride,
+                                        asum + j, out + j, ldo);
         } else {
             integer_dot_shift_add{}(arch, set, w, w_stride, rows, blocks, a, a_stride, tokens, out,
                                     ldo);
@@ -350,17 +376,17 @@ struct integer_dot_lut_madd {
     }
 
   private:
-    template <int R, bool Wide, class L>
-    static void tiles(const std::uint8_t* w, std::size_t w_stride, std::size_t blocks,
-                      const std::int8_t* a, std::size_t a_stride, const std::int32_t* asum,
-                      std::size_t tokens, std::int32_t* out, std::size_t ldo) noexcept {
-        std::size_t j = 0;
-        for (; j + 4 <= tokens; j += 4)
-            tile<R, 4, Wide, L>(w, w_stride, blocks, a + j * a_stride, a_stride, asum + j, out + j,
-                                ldo);
-        for (; j < tokens; ++j)
-            tile<R, 1, Wide, L>(w, w_stride, blocks, a + j * a_stride, a_stride, asum + j, out + j,
-                                ldo);
+    template <int Tk, bool Wide, class L>
+    static void row_tiles(const std::uint8_t* w, std::size_t w_stride, std::size_t rows,
+                          std::size_t blocks, const std::int8_t* a, std::size_t a_stride,
+                          const std::int32_t* asum, std::int32_t* out, std::size_t ldo) noexcept {
+        std::size_t i = 0;
+        for (; i + 4 <= rows; i += 4)
+            tile<4, Tk, Wide, L>(w + i * w_stride, w_stride, blocks, a, a_stride, asum,
+                                 out + i * ldo, ldo);
+        for (; i < rows; ++i)
+            tile<1, Tk, Wide, L>(w + i * w_stride, w_stride, blocks, a, a_stride, asum,
+                                 out + i * ldo, ldo);
     }
 
 #if defined(__AVX512BW__) && defined(__AVX512VNNI__)
@@ -371,10 +397,13 @@ struct integer_dot_lut_madd {
     /// on each other; the R·4 are reduced together at the end.
     static constexpr std::size_t prefetch_distance = 8192;
 
+    // Not inlined: inlined into the token/row loops, GCC 12 reloaded the activations from
+    // memory for every row and copied accumulators (4096² PoT-MNZ: 81 µs instead of 65 µs).
     template <int R, class L>
-    static void gemv_tile(const std::uint8_t* w, std::size_t w_stride, std::size_t blocks,
-                          const std::int8_t* a, const std::int32_t* asum, std::int32_t* out,
-                          std::size_t ldo) noexcept {
+    __attribute__((noinline)) static void gemv_tile(const std::uint8_t* w, std::size_t w_stride,
+                                                    std::size_t blocks, const std::int8_t* a,
+                                                    const std::int32_t* asum, std::int32_t* out,
+                                                    std::size_t ldo) noexcept {
         using T = integer_dot_tables<L>;
         using D = block_decode_512<L>;
         constexpr int S = int(T::slots);
@@ -458,16 +487,91 @@ struct integer_dot_lut_madd {
     }
 #endif
 
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+    /// Tk tokens against R rows with vpdpbusd (the GEMM tile). Slot by slot: the Tk
+    /// activation registers of the slot are loaded once for the R rows, and each row's slot is
+    /// decoded once, through the tables, to u, for the Tk tokens. Per block R·S + S·Tk loads,
+    /// R·S decode ops and R·S·Tk vpdpbusd (with activations as memory operands instead, one
+    /// 64-byte load per vpdpbusd capped it at one a cycle). One int32 accumulator per (row,
+    /// token): R·Tk + Tk + 4 vector registers, 24 for 4 × 4.
+    template <int R, int Tk, class L>
+    static void gemm_tile(const std::uint8_t* w, std::size_t w_stride, std::size_t blocks,
+                          const std::int8_t* a, std::size_t a_stride, const std::int32_t* asum,
+                          std::int32_t* out, std::size_t ldo) noexcept {
+        using T = integer_dot_tables<L>;
+        using D = block_decode_512<L>;
+        constexpr int S = int(T::slots);
+        __m512i lut[3];
+        D::load(lut);
+        __m512i acc[R][Tk];
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+            for (int t = 0; t < Tk; ++t) acc[r][t] = _mm512_setzero_si512();
+        for (std::size_t b = 0; b < blocks; ++b) {
+            const std::int8_t* ab = a + b * T::block_codes;
+            [&]<int... s>(std::integer_sequence<int, s...>) {
+                const auto one_slot = [&](auto sc) __attribute__((always_inline)) {
+                    constexpr int sl = decltype(sc)::value;
+                    __m512i x[Tk];
+#pragma GCC unroll 16
+                    for (int t = 0; t < Tk; ++t)
+                        x[t] = _mm512_load_si512(ab + std::size_t(t) * a_stride +
+                                                 std::size_t(sl) * 64);
+#pragma GCC unroll 16
+                    for (int r = 0; r < R; ++r) {
+                        // The block is loaded again for each slot (L1): keeping R of them in
+                        // registers made GCC spill accumulators.
+                        const __m512i d = D::template slot<sl>(
+                            _mm512_load_si512(w + std::size_t(r) * w_stride + b * 64), lut);
+#pragma GCC unroll 16
+                        for (int t = 0; t < Tk; ++t) {
+#if defined(__GNUC__) && !defined(__clang__)
+                            __asm__("vpdpbusd %2, %1, %0" : "+v"(acc[r][t]) : "v"(d), "v"(x[t]));
+#else
+                            acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], d, x[t]);
+#endif
+                        }
+                    }
+                };
+                (one_slot(std::integral_constant<int, s>{}), ...);
+            }
+            (std::make_integer_sequence<int, S>{});
+        }
+#pragma GCC unroll 16
+        for (int t = 0; t < Tk; ++t) {
+            __m512i col[R];
+#pragma GCC unroll 16
+            for (int r = 0; r < R; ++r) col[r] = acc[r][t];
+            alignas(16) std::int32_t res[R < 4 ? 4 : R];
+            reduce_rows_epi32<R>(col, res);
+#pragma GCC unroll 16
+            for (int r = 0; r < R; ++r)
+                out[std::size_t(r) * ldo + std::size_t(t)] = res[r] - T::offset * asum[t];
+        }
+    }
+#endif
+
     template <int R, int Tk, bool Wide, class L>
     static void tile(const std::uint8_t* w, std::size_t w_stride, std::size_t blocks,
                      const std::int8_t* a, std::size_t a_stride, const std::int32_t* asum,
                      std::int32_t* out, std::size_t ldo) noexcept {
 #if defined(__AVX512BW__) && defined(__AVX512VNNI__)
-        if constexpr (Wide && Tk == 1) {
-            gemv_tile<R, L>(w, w_stride, blocks, a, asum, out, ldo);
-            return;
-        }
+        if constexpr (Wide) {
+            if constexpr (Tk == 1)
+                gemv_tile<R, L>(w, w_stride, blocks, a, asum, out, ldo);
+            else
+                gemm_tile<R, Tk, L>(w, w_stride, blocks, a, a_stride, asum, out, ldo);
+        } else
 #endif
+            maddubs_tile<R, Tk, Wide, L>(w, w_stride, blocks, a, a_stride, asum, out, ldo);
+    }
+
+    /// The tile without VNNI (AVX-512BW or AVX2): vpshufb decode, vpmaddubsw + vpmaddwd.
+    template <int R, int Tk, bool Wide, class L>
+    static void maddubs_tile(const std::uint8_t* w, std::size_t w_stride, std::size_t blocks,
+                             const std::int8_t* a, std::size_t a_stride, const std::int32_t* asum,
+                             std::int32_t* out, std::size_t ldo) noexcept {
         using T = integer_dot_tables<L>;
         // Table 0 decodes the code in bits 0-1 of a 4-bit index, table 1 the code in bits 2-3
         // (2-bit storage); 4-bit storage uses table 0 = u directly.
@@ -478,7 +582,7 @@ struct integer_dot_lut_madd {
         }
         std::int32_t res[R][Tk];
         if constexpr (Wide) {
-#if defined(__AVX512BW__)
+#if defined(__AVX512BW__) && !defined(__AVX512VNNI__)
             const __m512i lut0 =
                 _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(t0.data())));
             const __m512i lut1 =
@@ -489,9 +593,7 @@ struct integer_dot_lut_madd {
             for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
                 for (int t = 0; t < Tk; ++t) acc[r][t] = _mm512_setzero_si512();
-#if !defined(__AVX512VNNI__)
             const __m512i ones = _mm512_set1_epi16(1);
-#endif
             for (std::size_t b = 0; b < blocks; ++b) {
                 __m512i dec[R][T::slots];
 #pragma GCC unroll 16
@@ -512,15 +614,6 @@ struct integer_dot_lut_madd {
 #pragma GCC unroll 16
                 for (int t = 0; t < Tk; ++t) {
                     const std::int8_t* at = a + std::size_t(t) * a_stride + b * T::block_codes;
-#if defined(__AVX512VNNI__)
-#pragma GCC unroll 16
-                    for (std::size_t s = 0; s < T::slots; ++s) {
-                        const __m512i x = _mm512_load_si512(at + s * 64);
-#pragma GCC unroll 16
-                        for (int r = 0; r < R; ++r)
-                            acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], dec[r][s], x);
-                    }
-#else
                     __m512i x[T::slots];
 #pragma GCC unroll 16
                     for (std::size_t s = 0; s < T::slots; ++s)
@@ -533,7 +626,6 @@ struct integer_dot_lut_madd {
                             p = _mm512_add_epi16(p, _mm512_maddubs_epi16(dec[r][s], x[s]));
                         acc[r][t] = _mm512_add_epi32(acc[r][t], _mm512_madd_epi16(p, ones));
                     }
-#endif
                 }
             }
 #pragma GCC unroll 16
