@@ -360,7 +360,11 @@ class summary_reporter : public benchmark::ConsoleReporter {
         ConsoleReporter::ReportRuns(runs);
         for (const auto& r : runs) {
             if (r.error_occurred) continue;
-            const std::string name = r.benchmark_name();
+            // With --benchmark_repetitions=N the summary uses each benchmark's median.
+            if (r.run_type == Run::RT_Aggregate ? r.aggregate_name != "median" : r.repetitions > 1)
+                continue;
+            std::string name = r.benchmark_name();
+            if (const auto agg = name.rfind("_median"); agg != std::string::npos) name.erase(agg);
             const auto slash = name.find('/');
             row x{name.substr(0, slash), {}, r.GetAdjustedRealTime(), 0.0, 0.0};
             for (std::size_t p = slash; p != std::string::npos && p < name.size();) {
