@@ -4,9 +4,9 @@
 // online to activations and folds offline into weights. See methods.md §3.
 #pragma once
 
-#include <qift/core.hpp>
-#include <qift/detail/hadamard_construct.hpp>
-#include <qift/detail/hadamard_kernels.hpp>
+#include "core.hpp"
+#include "detail/hadamard_construct.hpp"
+#include "detail/hadamard_kernels.hpp"
 
 #include <bit>
 #include <cmath>

@@ -3,7 +3,7 @@
 // and the dense ±1 block mix, each with the scalar reference that is its test oracle.
 #pragma once
 
-#include <xsimd/xsimd.hpp>
+#include "xsimd.hpp"
 
 #include <algorithm>
 #include <cstddef>
