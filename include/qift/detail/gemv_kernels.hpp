@@ -800,15 +800,29 @@ struct float_dot_lut_fma {
         float res[R][Tk];
         if constexpr (Wide) {
 #if defined(__AVX512F__)
+            // vpermps reads only the 4 low bits of each index lane, and a widened byte holds the
+            // codes of all slots: with tables indexed by those 4 bits (2-bit: T0[i] = lut[i & 3]
+            // for the slot in bits 0-1, T1[i] = lut[i >> 2] for bits 2-3; 4-bit: lut itself),
+            // the low slots decode with no shift or mask and the high ones after one shift of
+            // the widened byte by 4. Per 16 bytes: 1 widen, 1 shift, S permutes, S·Tk FMAs.
             // Two accumulator sets (even/odd slot) hide the FMA latency in the GEMV case.
-            __m512i mask = _mm512_set1_epi32(P::mask);
-            __m512 tab[R];
-            __m512 acc[2][R][Tk];
+            constexpr int A = Tk == 1 ? 2 : 1;
+            constexpr int NT = Bits == 2 ? 2 : 1;
+            __m512 tab[NT][R];
+            __m512 acc[A][R][Tk];
 #pragma GCC unroll 16
             for (int r = 0; r < R; ++r) {
-                tab[r] = _mm512_loadu_ps(lut + r * 16);
+                alignas(64) float t[NT][16];
+                for (int i = 0; i < 16; ++i) {
+                    t[0][i] = lut[r * 16 + (Bits == 2 ? (i & 3) : i)];
+                    if constexpr (NT == 2) t[NT - 1][i] = lut[r * 16 + (i >> 2)];
+                }
+#pragma GCC unroll 2
+                for (int k = 0; k < NT; ++k) tab[k][r] = _mm512_load_ps(t[k]);
 #pragma GCC unroll 16
-                for (int t = 0; t < Tk; ++t) acc[0][r][t] = acc[1][r][t] = _mm512_setzero_ps();
+                for (int t2 = 0; t2 < Tk; ++t2)
+#pragma GCC unroll 2
+                    for (int k = 0; k < A; ++k) acc[k][r][t2] = _mm512_setzero_ps();
             }
             for (std::size_t b = 0; b < blocks; ++b)
                 for (std::size_t q = 0; q < 64; q += 16) {
@@ -819,19 +833,21 @@ struct float_dot_lut_fma {
                             w + std::size_t(r) * w_stride + b * 64 + q)));
 #pragma GCC unroll 16
                     for (std::size_t s = 0; s < P::slots; ++s) {
-                        __m512 wv[R];
+                        if (s * Bits == 4)
 #pragma GCC unroll 16
-                        for (int r = 0; r < R; ++r)
-                            wv[r] = _mm512_permutexvar_ps(
-                                _mm512_and_si512(_mm512_srli_epi32(c[r], unsigned(s * Bits)), mask),
-                                tab[r]);
+                            for (int r = 0; r < R; ++r) c[r] = _mm512_srli_epi32(c[r], 4);
 #pragma GCC unroll 16
-                        for (int t = 0; t < Tk; ++t) {
-                            const __m512 xv = _mm512_loadu_ps(x + std::size_t(t) * x_stride +
-                                                              b * P::block_codes + s * 64 + q);
+                        for (int r = 0; r < R; ++r) {
+                            const __m512 wv = _mm512_permutexvar_ps(c[r], tab[s % NT][r]);
 #pragma GCC unroll 16
-                            for (int r = 0; r < R; ++r)
-                                acc[s & 1][r][t] = _mm512_fmadd_ps(wv[r], xv, acc[s & 1][r][t]);
+                            for (int t = 0; t < Tk; ++t) {
+                                __m512& ac = acc[s % A][r][t];
+                                ac = _mm512_fmadd_ps(
+                                    wv,
+                                    _mm512_loadu_ps(x + std::size_t(t) * x_stride +
+                                                    b * P::block_codes + s * 64 + q),
+                                    ac);
+                            }
                         }
                     }
                 }
@@ -839,16 +855,21 @@ struct float_dot_lut_fma {
             for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
                 for (int t = 0; t < Tk; ++t)
-                    res[r][t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][r][t], acc[1][r][t]));
+                    res[r][t] = _mm512_reduce_add_ps(
+                        A == 2 ? _mm512_add_ps(acc[0][r][t], acc[A - 1][r][t]) : acc[0][r][t]);
 #endif
         } else {
 #if defined(__AVX2__) && defined(__FMA__)
-            const __m256i mask = _mm256_set1_epi32(P::mask);
+            // vpermps reads the 3 low index bits (and the 4-bit path's blend bit 3 alone), so
+            // no mask: the 2-bit table repeats lut[0..3] for bit 2.
             __m256 tab_lo[R], tab_hi[R];
             __m256 acc[2][R][Tk];
 #pragma GCC unroll 16
             for (int r = 0; r < R; ++r) {
-                tab_lo[r] = _mm256_loadu_ps(lut + r * 16);
+                tab_lo[r] = Bits == 2 ? _mm256_castps128_ps256(_mm_loadu_ps(lut + r * 16))
+                                      : _mm256_loadu_ps(lut + r * 16);
+                if constexpr (Bits == 2)
+                    tab_lo[r] = _mm256_insertf128_ps(tab_lo[r], _mm_loadu_ps(lut + r * 16), 1);
                 tab_hi[r] = _mm256_loadu_ps(lut + r * 16 + 8);
 #pragma GCC unroll 16
                 for (int t = 0; t < Tk; ++t) acc[0][r][t] = acc[1][r][t] = _mm256_setzero_ps();
@@ -866,8 +887,7 @@ struct float_dot_lut_fma {
                         __m256 wv[R];
 #pragma GCC unroll 16
                         for (int r = 0; r < R; ++r) {
-                            const __m256i idx =
-                                _mm256_and_si256(_mm256_srli_epi32(c[r], int(s * Bits)), mask);
+                            const __m256i idx = _mm256_srli_epi32(c[r], int(s * Bits));
                             if constexpr (Bits == 2) {
                                 wv[r] = _mm256_permutevar8x32_ps(tab_lo[r], idx);
                             } else {
