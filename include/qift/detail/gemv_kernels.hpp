@@ -236,13 +236,9 @@ struct block_decode_512 {
         lut[2] = _mm512_load_si512(table2.data());
     }
 
-    /// Table = true decodes every set through the tables, to u itself (shift(s) does not
-    /// apply): the GEMM tile, which shares one decode among several tokens, takes that form.
-    template <bool Table = !linear>
     __attribute__((always_inline)) static inline void run(__m512i blk, const __m512i (&lut)[3],
                                                           __m512i (&d)[S]) noexcept {
-        static_assert(Table || linear, "the mask decode is for linear sets only");
-        if constexpr (!Table) {
+        if constexpr (linear) {
 #pragma GCC unroll 4
             for (int s = 0; s < S; ++s)
                 d[s] = _mm512_and_si512(
@@ -334,6 +330,10 @@ inline void reduce_rows_epi32(const __m512i* v, std::int32_t* res) noexcept {
 /// products for PoT-MNZ before widening and measures slower (PoT-MNZ 4096x4096, one Zen 5
 /// thread, weights hot: 588 µs for shift-add, 108 µs for the earlier vpshufb tile, ~62 µs best
 /// of 600 calls for the VNNI GEMV tile below with vpermb decode, ~50 µs with MNZ's mask decode).
+/// That gap is a port bound: on Zen 5 vpermb shares a port with vpdpbusd (16 of each take 10.7
+/// cycles; 16 vpdpbusd + 16 vpand take 8.0), so PoT-MNZ's 4 vpermb + 4 vpdpbusd per 64-byte
+/// block cost >= 2.67 cycles against 2.0 for MNZ; an exhaustive search found no decode of a
+/// PoT-MNZ slot in two mask/add/min/avg-class instructions, which would avoid that port.
 /// Unsigned×signed products use u = level + offset (integer_dot_tables) and subtract
 /// offset·Σa, with asum[j] = Σ_k a[j·a_stride + k] supplied by the caller
 /// (quantized_activations::sums).
@@ -723,8 +723,9 @@ void float_dot_scalar(const std::uint8_t* w, std::size_t w_stride, std::size_t r
 }
 
 /// Float dot tile: decode codes to float levels through a per-row 16-entry table and
-/// fused-multiply-add with float activations. AVX-512: vpmovzxbd + shift/mask + vpermps per 16
-/// codes; AVX2: the same with 8 codes and (4-bit) two vpermps and a blend; other
+/// fused-multiply-add with float activations. AVX-512: vpmovzxbd per 16 bytes, then one
+/// vpermps per slot straight on the widened bytes (see the tile); AVX2: vpmovzxbd per 8 bytes,
+/// a shift and one vpermps per slot ((4-bit) two vpermps and a blend); other
 /// architectures decode 64 codes into a buffer and run xsimd FMAs. Same contract as
 /// float_dot_scalar; float rounding differs from it (several partial sums).
 struct float_dot_lut_fma {
