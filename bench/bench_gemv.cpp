@@ -123,22 +123,19 @@ void set_counters(benchmark::State& st, std::size_t weight_bytes) {
     st.SetBytesProcessed(static_cast<std::int64_t>(st.iterations() * weight_bytes));
 }
 
-template <class L, bool ShiftAdd = false>
-void bm_w2a4(benchmark::State& st) {
+// One GEMV benchmark over packed weights, hot or cycled through cold copies; `call(w, y)` is
+// the kernel under test.
+template <class L, class Call>
+void run_packed_gemv(benchmark::State& st, const Call& call) {
     const auto n = std::size_t(st.range(0)), k = std::size_t(st.range(1));
     use_threads(int(st.range(2)));
     const auto first = random_packed<L>(n, k, 1);
     const std::size_t copies = st.range(3) ? cold_copies(first.code_bytes()) : 1;
     std::vector<qift::packed_matrix<L>> w(copies, first);
-    const auto x = random_floats(k, 2);
-    const auto a = qift::quantize_activations(std::span<const float>(x));
     std::vector<float> y(n);
     std::size_t i = 0;
     for (auto _ : st) {
-        if constexpr (ShiftAdd)
-            qift::gemv_shift_add(w[i], a, y);
-        else
-            qift::gemv(w[i], a, y);
+        call(w[i], y);
         benchmark::DoNotOptimize(y.data());
         benchmark::ClobberMemory();
         i = i + 1 == copies ? 0 : i + 1;
@@ -146,23 +143,24 @@ void bm_w2a4(benchmark::State& st) {
     set_counters(st, first.code_bytes());
 }
 
+template <class L, bool ShiftAdd = false>
+void bm_w2a4(benchmark::State& st) {
+    const auto x = random_floats(std::size_t(st.range(1)), 2);
+    const auto a = qift::quantize_activations(std::span<const float>(x));
+    run_packed_gemv<L>(st, [&](const qift::packed_matrix<L>& w, std::vector<float>& y) {
+        if constexpr (ShiftAdd)
+            qift::gemv_shift_add(w, a, y);
+        else
+            qift::gemv(w, a, y);
+    });
+}
+
 template <class L>
 void bm_w2a16(benchmark::State& st) {
-    const auto n = std::size_t(st.range(0)), k = std::size_t(st.range(1));
-    use_threads(int(st.range(2)));
-    const auto first = random_packed<L>(n, k, 1);
-    const std::size_t copies = st.range(3) ? cold_copies(first.code_bytes()) : 1;
-    std::vector<qift::packed_matrix<L>> w(copies, first);
-    const auto x = random_floats(k, 2);
-    std::vector<float> y(n);
-    std::size_t i = 0;
-    for (auto _ : st) {
-        qift::gemv(w[i], std::span<const float>(x), y);
-        benchmark::DoNotOptimize(y.data());
-        benchmark::ClobberMemory();
-        i = i + 1 == copies ? 0 : i + 1;
-    }
-    set_counters(st, first.code_bytes());
+    const auto x = random_floats(std::size_t(st.range(1)), 2);
+    run_packed_gemv<L>(st, [&](const qift::packed_matrix<L>& w, std::vector<float>& y) {
+        qift::gemv(w, std::span<const float>(x), y);
+    });
 }
 
 // int8 × int8 GEMV baseline: y[r] = Σ w[r][k]·a[k] in int32 (AVX-512 VNNI: |w| as unsigned

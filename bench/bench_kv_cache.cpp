@@ -21,6 +21,15 @@ std::vector<float> gaussian(std::size_t n, std::uint32_t seed) {
     return x;
 }
 
+// Time per cached token and the bytes of K and V one attention call streams per token.
+void set_token_counters(benchmark::State& state, std::size_t tokens, std::size_t bytes_per_token) {
+    state.counters["ns_per_token"] =
+        benchmark::Counter(double(tokens), benchmark::Counter::kIsIterationInvariantRate |
+                                               benchmark::Counter::kInvert);
+    state.counters["bytes_per_token"] = double(bytes_per_token);
+    state.SetBytesProcessed(state.iterations() * std::int64_t(tokens * bytes_per_token));
+}
+
 // The float32 baseline: keys in the same transposed blocks of 16 tokens as the KV4 cache
 // (detail::float_key_blocks, [kv head][block][head_dim][16] floats: scores of 16 tokens per
 // vector, no horizontal sums) and values token-major ([kv head][token][head_dim]), attended by
@@ -49,10 +58,7 @@ void float32_attention(benchmark::State& state) {
                 group, T, &out[g * group * head_dim], scratch.data(), scores.data());
         benchmark::DoNotOptimize(out.data());
     }
-    state.counters["ns_per_token"] = benchmark::Counter(
-        double(T), benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
-    state.counters["bytes_per_token"] = double(2 * n_kv * head_dim * sizeof(float));
-    state.SetBytesProcessed(state.iterations() * std::int64_t(T * 2 * n_kv * head_dim * 4));
+    set_token_counters(state, T, 2 * n_kv * head_dim * sizeof(float));
 }
 
 void float32_rows_attention(benchmark::State& state) {
@@ -68,10 +74,7 @@ void float32_rows_attention(benchmark::State& state) {
                 group, T, &out[g * group * head_dim], scratch.data(), scores.data());
         benchmark::DoNotOptimize(out.data());
     }
-    state.counters["ns_per_token"] = benchmark::Counter(
-        double(T), benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
-    state.counters["bytes_per_token"] = double(2 * n_kv * head_dim * sizeof(float));
-    state.SetBytesProcessed(state.iterations() * std::int64_t(T * 2 * n_kv * head_dim * 4));
+    set_token_counters(state, T, 2 * n_kv * head_dim * sizeof(float));
 }
 
 void kv4_attention(benchmark::State& state) {
@@ -88,11 +91,7 @@ void kv4_attention(benchmark::State& state) {
         benchmark::DoNotOptimize(out.data());
     }
     qift::set_parallel_executor(nullptr);
-    state.counters["ns_per_token"] = benchmark::Counter(
-        double(T), benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
-    state.counters["bytes_per_token"] = double(qift::kv_cache<head_dim>::bytes_per_token(n_kv));
-    state.SetBytesProcessed(state.iterations() *
-                            std::int64_t(T * qift::kv_cache<head_dim>::bytes_per_token(n_kv)));
+    set_token_counters(state, T, qift::kv_cache<head_dim>::bytes_per_token(n_kv));
 }
 
 }  // namespace
