@@ -4,7 +4,7 @@
 #pragma once
 
 #include <qift/core.hpp>
-#include <qift/llama2c.hpp>
+#include <qift/model/llama2c.hpp>
 
 #include <algorithm>
 #include <cmath>

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // The llama2.c checkpoint reader: the real model in ../shared/models, and corrupted files.
-#include <qift/llama2c.hpp>
+#include <qift/model/llama2c.hpp>
 
 #include <doctest/doctest.h>
 

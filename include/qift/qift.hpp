@@ -10,7 +10,7 @@
 #include "hadamard.hpp"
 #include "kv_cache.hpp"
 #include "levels.hpp"
-#include "llama2c.hpp"
+#include "model/llama2c.hpp"
 #include "npy.hpp"
 #include "pack.hpp"
 #include "scale.hpp"

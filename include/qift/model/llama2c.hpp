@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "core.hpp"
+#include "../core.hpp"
 
 namespace qift {
 
