@@ -46,7 +46,7 @@ void float32_attention(benchmark::State& state) {
     for (std::size_t g = 0; g < n_kv; ++g)
         for (std::size_t t = 0; t < T; ++t)
             for (std::size_t i = 0; i < head_dim; ++i)
-                k[((g * blocks + t / 16) * head_dim + i) * 16 + t % 16] =
+                k[g * blocks * 16 * head_dim + qift::detail::key_block_index(t, i, head_dim)] =
                     kr[(g * T + t) * head_dim + i];
     const auto q = gaussian(n_heads * head_dim, 3);
     std::vector<float> out(n_heads * head_dim), scores(group * T), scratch(32 * head_dim);
@@ -80,7 +80,7 @@ void float32_rows_attention(benchmark::State& state) {
 void kv4_attention(benchmark::State& state) {
     const auto T = static_cast<std::size_t>(state.range(0));
     qift::set_parallel_executor(qift::serial_executor);  // single thread, like the baseline
-    qift::kv_cache<head_dim> cache({.n_kv_heads = n_kv, .capacity = T});
+    qift::kv_cache<> cache({.head_dim = head_dim, .n_kv_heads = n_kv, .capacity = T});
     const auto k = gaussian(T * n_kv * head_dim, 1), v = gaussian(T * n_kv * head_dim, 2);
     cache.append(qift::matrix_view<const float>(k.data(), T, n_kv * head_dim),
                  qift::matrix_view<const float>(v.data(), T, n_kv * head_dim));
@@ -91,7 +91,7 @@ void kv4_attention(benchmark::State& state) {
         benchmark::DoNotOptimize(out.data());
     }
     qift::set_parallel_executor(nullptr);
-    set_token_counters(state, T, qift::kv_cache<head_dim>::bytes_per_token(n_kv));
+    set_token_counters(state, T, qift::kv_cache<>::bytes_per_token(n_kv, head_dim));
 }
 
 }  // namespace

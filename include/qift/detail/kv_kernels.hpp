@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: MIT
 // Kernels of the KV4 cache: nibble widening to float (intrinsics for AVX-512 and AVX2, scalar
-// fallbacks), the row and transposed-block sources of keys and values, and decode attention on
-// xsimd batches beside its scalar reference.
+// fallbacks), the KV4 layout's index functions, the row and transposed-block sources of keys and
+// values, and decode attention on xsimd batches beside its scalar reference.
 #pragma once
 
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -150,80 +151,163 @@ inline void widen_nibble_block(const std::uint8_t* src, xsimd::batch<float, Arch
     for (std::size_t k = 0; k < 16 / W; ++k) widen_nibbles<Arch>(src + k * W, lo[k], hi[k]);
 }
 
+/// Tokens per block of the transposed key layouts.
+inline constexpr std::size_t key_block = 16;
+
+/// The index of lane `lane` of token t in a transposed-block layout with `lanes` lanes per
+/// token: block t / key_block holds [lanes][key_block] elements, token-minor. The one key-block
+/// index function: KV4 keys (a lane is a dim pair, an element a byte) and the float key blocks
+/// (a lane is a dim, an element a float) both use it.
+constexpr std::size_t key_block_index(std::size_t t, std::size_t lane, std::size_t lanes) noexcept {
+    return ((t / key_block) * lanes + lane) * key_block + t % key_block;
+}
+
+/// Marks a head size known only at run time (extent<dynamic_head_dim>).
+inline constexpr std::size_t dynamic_head_dim = 0;
+
+/// A head size: the constant D, or (D == dynamic_head_dim) a run-time value. Converts to
+/// std::size_t, so kernels written against it compile to the constant on the fast paths.
+template <std::size_t D = dynamic_head_dim>
+struct extent {
+    static constexpr std::size_t value = D;
+    constexpr operator std::size_t() const noexcept { return D; }
+};
+template <>
+struct extent<dynamic_head_dim> {
+    static constexpr std::size_t value = dynamic_head_dim;
+    std::size_t n;
+    constexpr operator std::size_t() const noexcept { return n; }
+};
+
+/// The KV4 storage layout (documented on qift::kv_cache) and its index functions: the cache's
+/// writer and the kernels' sources below address codes only through it. Offsets are in bytes
+/// of one code array (keys or values); parameter indices in floats or bytes of one parameter
+/// array (scales or zeros).
+template <std::size_t D = dynamic_head_dim>
+struct kv4_layout {
+    [[no_unique_address]] extent<D> head_dim;
+    /// Tokens of storage per kv head, a multiple of key_block.
+    std::size_t slots = 0;
+
+    /// Code bytes per (token, kv head) group: two 4-bit codes a byte.
+    constexpr std::size_t bytes_per_group() const noexcept { return head_dim / 2; }
+    /// Key blocks that hold `tokens` tokens.
+    static constexpr std::size_t key_blocks_for(std::size_t tokens) noexcept {
+        return (tokens + key_block - 1) / key_block;
+    }
+    /// Storage tokens for a capacity: rounded up to whole key blocks.
+    static constexpr std::size_t slots_for(std::size_t capacity) noexcept {
+        return key_blocks_for(capacity) * key_block;
+    }
+    /// Code bytes of one kv head (keys or values).
+    constexpr std::size_t head_bytes() const noexcept { return slots * bytes_per_group(); }
+    /// Where kv head h's codes start.
+    constexpr std::size_t head_offset(std::size_t h) const noexcept { return h * head_bytes(); }
+    /// Within a kv head's keys: the byte of dim pair p (dims 2p, 2p + 1) of token t.
+    constexpr std::size_t key_byte_index(std::size_t t, std::size_t p) const noexcept {
+        return key_block_index(t, p, bytes_per_group());
+    }
+    /// Within a kv head's keys: the key_block bytes of dim pair p of the tokens of block b.
+    constexpr std::size_t key_pair_offset(std::size_t b, std::size_t p) const noexcept {
+        return key_block_index(b * key_block, p, bytes_per_group());
+    }
+    /// Within a kv head's keys: the bytes of the first `tokens` tokens (whole blocks).
+    constexpr std::size_t key_bytes_for(std::size_t tokens) const noexcept {
+        return key_blocks_for(tokens) * key_block * bytes_per_group();
+    }
+    /// Within a kv head's values: where token t's row of bytes_per_group() bytes starts.
+    constexpr std::size_t value_row_offset(std::size_t t) const noexcept {
+        return t * bytes_per_group();
+    }
+    /// The scale and zero of token t, kv head h.
+    constexpr std::size_t param_index(std::size_t h, std::size_t t) const noexcept {
+        return h * slots + t;
+    }
+    /// The same layout with the head size as the constant E (== head_dim).
+    template <std::size_t E>
+    constexpr kv4_layout<E> with_extent(extent<E>) const noexcept {
+        assert(head_dim == E);
+        return {{}, slots};
+    }
+    constexpr kv4_layout<dynamic_head_dim> with_extent(extent<dynamic_head_dim> e) const noexcept {
+        return {e, slots};
+    }
+};
+
 /// Rows of one kv head's keys or values as float32, stored as is (the float baseline and the
-/// reference): row t is data[t·HeadDim, ...), every row's affine parameters are (1, 0).
-template <std::size_t HeadDim>
+/// reference): row t is data[t·head_dim, ...), every row's affine parameters are (1, 0).
+template <std::size_t HeadDim = dynamic_head_dim>
 struct float_rows {
     static constexpr bool affine = false;
     const float* data;
+    [[no_unique_address]] extent<HeadDim> head_dim = {};
     const float* rows(std::size_t t0, std::size_t, float*) const noexcept {
-        return data + t0 * HeadDim;
+        return data + t0 * head_dim;
     }
     float scale(std::size_t) const noexcept { return 1.0f; }
     float zero(std::size_t) const noexcept { return 0.0f; }
-    /// Row t's dims [c·W, c·W + W) (lo) and [HeadDim/2 + c·W, ...) (hi).
+    /// Row t's dims [c·W, c·W + W) (lo) and [head_dim/2 + c·W, ...) (hi).
     template <class Arch>
     void load_halves(std::size_t t, std::size_t c, xsimd::batch<float, Arch>& lo,
                      xsimd::batch<float, Arch>& hi) const noexcept {
         constexpr std::size_t W = xsimd::batch<float, Arch>::size;
-        const float* row = data + t * HeadDim;
-        prefetch(row + c * W, 32 * HeadDim * sizeof(float));  // a value block ahead
-        prefetch(row + HeadDim / 2 + c * W, 32 * HeadDim * sizeof(float));
+        const std::size_t d = head_dim;
+        const float* row = data + t * d;
+        prefetch(row + c * W, 32 * d * sizeof(float));  // a value block ahead
+        prefetch(row + d / 2 + c * W, 32 * d * sizeof(float));
         lo = xsimd::batch<float, Arch>::load_unaligned(row + c * W);
-        hi = xsimd::batch<float, Arch>::load_unaligned(row + HeadDim / 2 + c * W);
+        hi = xsimd::batch<float, Arch>::load_unaligned(row + d / 2 + c * W);
     }
 };
 
 /// Rows of one kv head's values in the KV4 layout: row t is scale[t]·(c − zero[t]) with c the
-/// 4-bit codes of codes[t·HeadDim/2, ...) (byte j: code j low, code j + HeadDim/2 high).
-template <std::size_t HeadDim>
+/// 4-bit codes at codes + layout.value_row_offset(t) (byte j: code j low, code j + head_dim/2
+/// high).
+template <std::size_t HeadDim = dynamic_head_dim>
 struct nibble_rows {
     static constexpr bool affine = true;
     const std::uint8_t* codes;
     const float* scales;
     const std::uint8_t* zeros;
+    kv4_layout<HeadDim> layout;
     const float* rows(std::size_t t0, std::size_t n, float* scratch) const noexcept {
+        const std::size_t d = layout.head_dim;
         for (std::size_t t = 0; t < n; ++t)
-            unpack_nibbles(codes + (t0 + t) * (HeadDim / 2), HeadDim / 2, scratch + t * HeadDim);
+            unpack_nibbles(codes + layout.value_row_offset(t0 + t), d / 2, scratch + t * d);
         return scratch;
     }
     float scale(std::size_t t) const noexcept { return scales[t]; }
     float zero(std::size_t t) const noexcept { return static_cast<float>(zeros[t]); }
-    /// Row t's codes of dims [c·W, c·W + W) (lo) and [HeadDim/2 + c·W, ...) (hi).
+    /// Row t's codes of dims [c·W, c·W + W) (lo) and [head_dim/2 + c·W, ...) (hi).
     template <class Arch>
     void load_halves(std::size_t t, std::size_t c, xsimd::batch<float, Arch>& lo,
                      xsimd::batch<float, Arch>& hi) const noexcept {
-        const std::uint8_t* src = codes + t * (HeadDim / 2) + c * xsimd::batch<float, Arch>::size;
-        if (c == 0) prefetch(src, 32 * HeadDim / 2);  // a value block ahead
+        const std::uint8_t* src =
+            codes + layout.value_row_offset(t) + c * xsimd::batch<float, Arch>::size;
+        if (c == 0) prefetch(src, layout.value_row_offset(32));  // a value block ahead
         widen_nibbles<Arch>(src, lo, hi);
     }
 };
 
-/// Tokens per block of the transposed key layouts.
-inline constexpr std::size_t key_block = 16;
-
-/// Keys of one kv head in the transposed KV4 layout, key_block tokens a block: block b holds,
-/// for each dim pair p (dims 2p and 2p + 1), 16 bytes, byte j = code(2p, token 16b + j) |
-/// code(2p + 1, token 16b + j) << 4. Key t is scales[t]·(c − zeros[t]). Scales and zeros are
-/// readable up to the end of the last block.
-template <std::size_t HeadDim>
+/// Keys of one kv head in the transposed KV4 layout (kv4_layout::key_byte_index): key_block
+/// tokens a block; block b holds, for each dim pair p (dims 2p and 2p + 1), 16 bytes, byte j =
+/// code(2p, token 16b + j) | code(2p + 1, token 16b + j) << 4. Key t is scales[t]·(c −
+/// zeros[t]). Scales and zeros are readable up to the end of the last block.
+template <std::size_t HeadDim = dynamic_head_dim>
 struct nibble_key_blocks {
     static constexpr bool affine = true;
-    static constexpr std::size_t pairs = HeadDim / 2;
     const std::uint8_t* codes;
     const float* scales;
     const std::uint8_t* zeros;
-    /// The byte of dim pair p of token t.
-    std::uint8_t byte(std::size_t t, std::size_t p) const noexcept {
-        return codes[((t / key_block) * pairs + p) * key_block + t % key_block];
-    }
+    kv4_layout<HeadDim> layout;
     /// Tokens t0 .. t0 + n - 1 as token-major code rows (for the reference and read_key).
     const float* rows(std::size_t t0, std::size_t n, float* scratch) const noexcept {
+        const std::size_t d = layout.head_dim;
         for (std::size_t t = 0; t < n; ++t)
-            for (std::size_t p = 0; p < pairs; ++p) {
-                const unsigned c = byte(t0 + t, p);
-                scratch[t * HeadDim + 2 * p] = static_cast<float>(c & 15u);
-                scratch[t * HeadDim + 2 * p + 1] = static_cast<float>(c >> 4);
+            for (std::size_t p = 0; p < d / 2; ++p) {
+                const unsigned c = codes[layout.key_byte_index(t0 + t, p)];
+                scratch[t * d + 2 * p] = static_cast<float>(c & 15u);
+                scratch[t * d + 2 * p + 1] = static_cast<float>(c >> 4);
             }
         return scratch;
     }
@@ -233,21 +317,23 @@ struct nibble_key_blocks {
     template <class Arch>
     void load_pair(std::size_t b, std::size_t p, xsimd::batch<float, Arch>* lo,
                    xsimd::batch<float, Arch>* hi) const noexcept {
-        widen_nibble_block<Arch>(codes + (b * pairs + p) * key_block, lo, hi);
+        widen_nibble_block<Arch>(codes + layout.key_pair_offset(b, p), lo, hi);
     }
 };
 
-/// Keys of one kv head as float32 in the same transposed blocks (the float baseline): block b
-/// holds for each dim i the 16 floats of tokens 16b .. 16b + 15.
-template <std::size_t HeadDim>
+/// Keys of one kv head as float32 in transposed blocks (the float baseline): element
+/// key_block_index(t, i, head_dim) is dim i of token t, so block b holds for each dim i the 16
+/// floats of tokens 16b .. 16b + 15.
+template <std::size_t HeadDim = dynamic_head_dim>
 struct float_key_blocks {
     static constexpr bool affine = false;
     const float* data;
+    [[no_unique_address]] extent<HeadDim> head_dim = {};
     const float* rows(std::size_t t0, std::size_t n, float* scratch) const noexcept {
+        const std::size_t d = head_dim;
         for (std::size_t t = 0; t < n; ++t)
-            for (std::size_t i = 0; i < HeadDim; ++i)
-                scratch[t * HeadDim + i] =
-                    data[(((t0 + t) / key_block) * HeadDim + i) * key_block + (t0 + t) % key_block];
+            for (std::size_t i = 0; i < d; ++i)
+                scratch[t * d + i] = data[key_block_index(t0 + t, i, d)];
         return scratch;
     }
     float scale(std::size_t) const noexcept { return 1.0f; }
@@ -256,10 +342,11 @@ struct float_key_blocks {
     void load_pair(std::size_t b, std::size_t p, xsimd::batch<float, Arch>* lo,
                    xsimd::batch<float, Arch>* hi) const noexcept {
         constexpr std::size_t W = xsimd::batch<float, Arch>::size;
-        const float* src = data + (b * HeadDim + 2 * p) * key_block;
-        // Two blocks (16 KiB at HeadDim 128) ahead.
-        prefetch(src, 2 * HeadDim * key_block * sizeof(float));
-        prefetch(src + key_block, 2 * HeadDim * key_block * sizeof(float));
+        const std::size_t d = head_dim;
+        const float* src = data + key_block_index(b * key_block, 2 * p, d);
+        // Two blocks (16 KiB at head_dim 128) ahead.
+        prefetch(src, 2 * d * key_block * sizeof(float));
+        prefetch(src + key_block, 2 * d * key_block * sizeof(float));
         for (std::size_t k = 0; k < key_block / W; ++k) {
             lo[k] = xsimd::batch<float, Arch>::load_unaligned(src + k * W);
             hi[k] = xsimd::batch<float, Arch>::load_unaligned(src + key_block + k * W);
@@ -267,33 +354,34 @@ struct float_key_blocks {
     }
 };
 
-/// Scalar reference of attend_rows (same contract), for head sizes that are not a multiple of
-/// the SIMD width and as the test oracle.
-template <std::size_t HeadDim, class KeyRows, class ValueRows>
+/// Scalar reference of attend_rows (same contract), for any even head size (the sources'
+/// head_dim, run-time or constant) and as the test oracle.
+template <class KeyRows, class ValueRows>
 void attend_rows_reference(const KeyRows& keys, const ValueRows& values, const float* q,
-                           std::size_t heads, std::size_t T, float* out, float* scratch,
-                           float* scores) noexcept {
-    const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(HeadDim));
+                           std::size_t head_dim, std::size_t heads, std::size_t T, float* out,
+                           float* scratch, float* scores) noexcept {
+    const std::size_t d = head_dim;
+    const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
     for (std::size_t h = 0; h < heads; ++h) {
-        const float* qh = q + h * HeadDim;
+        const float* qh = q + h * d;
         float* sh = scores + h * T;
         float m = -std::numeric_limits<float>::infinity();
         for (std::size_t t = 0; t < T; ++t) {
             const float* k = keys.rows(t, 1, scratch);
             float dot = 0.0f;
-            for (std::size_t i = 0; i < HeadDim; ++i)
+            for (std::size_t i = 0; i < d; ++i)
                 dot += qh[i] * keys.scale(t) * (k[i] - keys.zero(t));
             sh[t] = dot * inv_sqrt_d;
             m = std::max(m, sh[t]);
         }
         double z = 0.0;
         for (std::size_t t = 0; t < T; ++t) z += (sh[t] = std::exp(sh[t] - m));
-        float* o = out + h * HeadDim;
-        for (std::size_t i = 0; i < HeadDim; ++i) o[i] = 0.0f;
+        float* o = out + h * d;
+        for (std::size_t i = 0; i < d; ++i) o[i] = 0.0f;
         for (std::size_t t = 0; t < T; ++t) {
             const float* v = values.rows(t, 1, scratch);
             const float w = static_cast<float>(sh[t] / z);
-            for (std::size_t i = 0; i < HeadDim; ++i)
+            for (std::size_t i = 0; i < d; ++i)
                 o[i] += w * values.scale(t) * (v[i] - values.zero(t));
         }
     }
@@ -466,7 +554,7 @@ inline void value_block(const ValueRows& values, std::size_t t0, std::size_t n, 
 /// running maxima on the fly) or token-major rows; softmax vectorized with the value scales and
 /// zeros folded in; values token-major (load_halves), widened straight into registers, up to 4
 /// heads × 4 vectors of accumulators per pass over a block of attention_block tokens.
-/// Preconditions: heads <= 64, HeadDim a multiple of 2·W. `scratch` holds
+/// Preconditions: heads <= 64, HeadDim a multiple of 2·W and the sources' head_dim. `scratch` holds
 /// attention_block·HeadDim floats (used by token-major keys only), `scores` heads·T. Parameters
 /// enter as s·(q·c − z·Σq) for keys and (Σ e·s·c − Σ e·s·z) / Σ e for values.
 template <class Arch, std::size_t HeadDim, class KeyRows, class ValueRows>
