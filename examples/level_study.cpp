@@ -1,12 +1,17 @@
 // SPDX-License-Identifier: MIT
 // The level-set study: relative quantization error of every level set with a max-based and a
 // searched per-channel scale, and the {±r, ±1} ratio sweep, on embedded synthetic weights or
-// on every linear layer of a llama2.c checkpoint (--model FILE). --csv for machine output.
+// on every linear layer of a llama2.c checkpoint (--model FILE). --csv for machine output,
+// --svg FILE for the ratio sweep as a line chart.
 #include <qift/qift.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <ostream>
 #include <random>
 #include <string>
 #include <string_view>
@@ -57,13 +62,22 @@ matrix<float> synthetic_gaussian(std::size_t rows, std::size_t cols, std::uint32
 struct options {
     bool csv = false;
     std::string model;
+    std::string svg;
 };
 
 struct row_result {
     std::string_view level_set;
     unsigned bits;
     double max_scale, searched, refined;
+    double family_ratio;  // r when the set is {±r, ±1} up to scale (MNZ: 1/3), else 0
 };
+
+// A symmetric four-level set without zero is {±r, ±1} up to scale: a point of the ratio sweep.
+template <class L>
+constexpr double family_ratio() {
+    using T = level_traits<L>;
+    return T::count == 4 && T::symmetric && !T::has_zero ? double(T::inner_outer_ratio) : 0.0;
+}
 
 template <class L>
 row_result study_one(const matrix<float>& w) {
@@ -73,9 +87,12 @@ row_result study_one(const matrix<float>& w) {
     scale_options refine;
     refine.exponent = 2.0f;
     refine.refine = true;
-    return {level_set_name<L>(), L::bits, relative_mse(w, fake_quantize<L>(w, max_rule)),
+    return {level_set_name<L>(),
+            L::bits,
+            relative_mse(w, fake_quantize<L>(w, max_rule)),
             relative_mse(w, fake_quantize<L>(w, search)),
-            relative_mse(w, fake_quantize<L>(w, refine))};
+            relative_mse(w, fake_quantize<L>(w, refine)),
+            family_ratio<L>()};
 }
 
 template <class... L>
@@ -163,34 +180,271 @@ void print_table(const char* title, std::size_t rows, std::size_t cols, const ma
     }
 }
 
-// Mean over matrices of every column, printed as one more table.
-void summarize(const std::vector<matrix_study>& all) {
+// Mean over matrices of every column and of the ratio sweep.
+matrix_study mean_study(const std::vector<matrix_study>& all) {
     matrix_study mean = all.front();
+    const double n = double(all.size());
     for (int r = 0; r < 2; ++r) {
         mean.kurt[r] = mean.qq[r] = 0;
         for (auto& row : mean.rows[r]) row.max_scale = row.searched = row.refined = 0;
+        for (auto& point : mean.sweep[r]) point.second = 0;
         for (const auto& st : all) {
-            mean.kurt[r] += st.kurt[r] / double(all.size());
-            mean.qq[r] += st.qq[r] / double(all.size());
+            mean.kurt[r] += st.kurt[r] / n;
+            mean.qq[r] += st.qq[r] / n;
             for (std::size_t i = 0; i < st.rows[r].size(); ++i) {
-                mean.rows[r][i].max_scale += st.rows[r][i].max_scale / double(all.size());
-                mean.rows[r][i].searched += st.rows[r][i].searched / double(all.size());
-                mean.rows[r][i].refined += st.rows[r][i].refined / double(all.size());
+                mean.rows[r][i].max_scale += st.rows[r][i].max_scale / n;
+                mean.rows[r][i].searched += st.rows[r][i].searched / n;
+                mean.rows[r][i].refined += st.rows[r][i].refined / n;
             }
+            for (std::size_t i = 0; i < st.sweep[r].size(); ++i)
+                mean.sweep[r][i].second += st.sweep[r][i].second / n;
         }
     }
     mean.rotation = "per matrix as above";
-    const std::string title = "mean over the " + std::to_string(all.size()) + " matrices";
-    print_table(title.c_str(), 0, 0, mean);
+    return mean;
+}
+
+// ---------------------------------------------------------------------------------------
+// A minimal SVG line chart: linear x, log y, one polyline per series, labelled markers.
+
+struct chart_series {
+    std::string label, color;
+    bool dashed;
+    std::vector<std::pair<double, double>> points;
+};
+
+struct chart_marker {
+    std::string label;  // the level set; one guide and label per distinct name
+    double x, y;
+    std::size_t series;  // whose color the marker takes
+};
+
+struct line_chart {
+    std::string title, subtitle, x_label, y_label;
+    std::vector<chart_series> series;
+    std::vector<chart_marker> markers;
+};
+
+std::string num(double v, int precision) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.*f", precision, v);
+    return buf;
+}
+
+std::string xml_escape(std::string_view s) {
+    std::string out;
+    for (char c : s) {
+        if (c == '&')
+            out += "&amp;";
+        else if (c == '<')
+            out += "&lt;";
+        else if (c == '>')
+            out += "&gt;";
+        else
+            out += c;
+    }
+    return out;
+}
+
+// Log-axis ticks m * 10^k covering [lo, hi] (fewer mantissas the more decades it spans),
+// from the last tick at or below lo to the first at or above hi: the axis ends on ticks.
+std::vector<double> log_ticks(double lo, double hi) {
+    const double decades = std::log10(hi / lo);
+    const std::vector<double> mantissas = decades > 2.5 ? std::vector<double>{1}
+                                          : decades > 1.2
+                                              ? std::vector<double>{1, 2, 5}
+                                              : std::vector<double>{1, 1.2, 1.5, 2, 3, 4, 5, 6, 8};
+    std::vector<double> all;
+    for (int k = int(std::floor(std::log10(lo))) - 1; k <= int(std::ceil(std::log10(hi))); ++k)
+        for (double m : mantissas) all.push_back(m * std::pow(10.0, k));
+    std::vector<double> ticks;
+    for (std::size_t i = 0; i < all.size(); ++i)
+        if ((i + 1 < all.size() && all[i + 1] > lo) && (i == 0 || all[i - 1] < hi))
+            ticks.push_back(all[i]);
+    return ticks;
+}
+
+class svg_writer {
+  public:
+    explicit svg_writer(std::ostream& os) : os_(os) {}
+    void text(double x, double y, std::string_view s, int size, const char* anchor = "start",
+              const char* extra = "") {
+        os_ << "<text x=\"" << num(x, 1) << "\" y=\"" << num(y, 1) << "\" font-size=\"" << size
+            << "\" text-anchor=\"" << anchor << "\"" << extra << ">" << xml_escape(s)
+            << "</text>\n";
+    }
+    void line(double x1, double y1, double x2, double y2, const char* stroke, double width,
+              const char* dash = nullptr) {
+        os_ << "<line x1=\"" << num(x1, 1) << "\" y1=\"" << num(y1, 1) << "\" x2=\"" << num(x2, 1)
+            << "\" y2=\"" << num(y2, 1) << "\" stroke=\"" << stroke << "\" stroke-width=\"" << width
+            << "\"";
+        if (dash) os_ << " stroke-dasharray=\"" << dash << "\"";
+        os_ << "/>\n";
+    }
+    void polyline(const std::vector<std::pair<double, double>>& xy, const std::string& stroke,
+                  bool dashed) {
+        os_ << "<polyline fill=\"none\" stroke=\"" << stroke << "\" stroke-width=\"2\"";
+        if (dashed) os_ << " stroke-dasharray=\"7 4\"";
+        os_ << " points=\"";
+        for (const auto& [x, y] : xy) os_ << num(x, 1) << "," << num(y, 1) << " ";
+        os_ << "\"/>\n";
+    }
+    void marker(double x, double y, const std::string& fill, std::string_view tooltip) {
+        os_ << "<circle cx=\"" << num(x, 1) << "\" cy=\"" << num(y, 1) << "\" r=\"4.5\" fill=\""
+            << fill << "\" stroke=\"black\" stroke-width=\"1.2\"><title>" << xml_escape(tooltip)
+            << "</title></circle>\n";
+    }
+
+  private:
+    std::ostream& os_;
+};
+
+void write_svg(std::ostream& os, const line_chart& c) {
+    // Data range: x linear with 3% padding, y logarithmic between ticks around the data.
+    double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
+    for (const auto& s : c.series)
+        for (const auto& [x, y] : s.points) {
+            x0 = std::min(x0, x), x1 = std::max(x1, x);
+            y0 = std::min(y0, y), y1 = std::max(y1, y);
+        }
+    for (const auto& m : c.markers) y0 = std::min(y0, m.y), y1 = std::max(y1, m.y);
+    const double pad = (x1 - x0) * 0.03;
+    const std::vector<double> y_ticks = log_ticks(y0 / 1.03, y1 * 1.03);
+    x0 -= pad, x1 += pad, y0 = y_ticks.front(), y1 = y_ticks.back();
+
+    // Guide labels above the plot, stacked in rows so that none overlap.
+    struct guide {
+        std::string label;
+        double x;
+        int row;
+    };
+    std::vector<guide> guides;
+    for (const auto& m : c.markers)
+        if (std::none_of(guides.begin(), guides.end(), [&](auto& g) { return g.label == m.label; }))
+            guides.push_back({m.label, m.x, 0});
+    std::sort(guides.begin(), guides.end(), [](auto& a, auto& b) { return a.x < b.x; });
+
+    const double width = 940, left = 78, plot_w = 560, char_w = 6.6;
+    const double x_scale = plot_w / (x1 - x0);
+    std::vector<double> row_end;  // right edge (px) of the last label in each row
+    for (auto& g : guides) {
+        const double half = char_w * double(g.label.size()) / 2 + 4, px = (g.x - x0) * x_scale;
+        std::size_t row = 0;
+        while (row < row_end.size() && px - half < row_end[row]) ++row;
+        if (row == row_end.size()) row_end.push_back(0);
+        row_end[row] = px + half;
+        g.row = int(row);
+    }
+    const double top = 62 + 15 * double(row_end.size()), plot_h = 360, height = top + plot_h + 60;
+    const auto px = [&](double x) { return left + (x - x0) * x_scale; };
+    const auto py = [&](double y) {
+        return top + plot_h * (1 - std::log(y / y0) / std::log(y1 / y0));
+    };
+
+    os << "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+       << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
+       << "\" viewBox=\"0 0 " << width << " " << height
+       << "\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n"
+       << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+    svg_writer svg(os);
+    svg.text(left, 24, c.title, 15, "start", " font-weight=\"bold\"");
+    svg.text(left, 44, c.subtitle, 12);
+
+    // Axes, grid and ticks.
+    for (double t = std::ceil(x0 * 20 - 1e-9) / 20; t <= x1 + 1e-9; t += 0.05) {
+        svg.line(px(t), top, px(t), top + plot_h, "#e4e4e4", 1);
+        svg.line(px(t), top + plot_h, px(t), top + plot_h + 5, "black", 1);
+        svg.text(px(t), top + plot_h + 19, num(t, 2), 11, "middle");
+    }
+    for (double t : y_ticks) {
+        svg.line(left, py(t), left + plot_w, py(t), "#e4e4e4", 1);
+        svg.line(left - 5, py(t), left, py(t), "black", 1);
+        svg.text(left - 8, py(t) + 4, num(t, t < 0.1 ? 3 : 2), 11, "end");
+    }
+    svg.line(left, top + plot_h, left + plot_w, top + plot_h, "black", 1.2);
+    svg.line(left, top, left, top + plot_h, "black", 1.2);
+    svg.text(left + plot_w / 2, top + plot_h + 42, c.x_label, 13, "middle");
+    const std::string rotate = " transform=\"rotate(-90 20 " + num(top + plot_h / 2, 1) + ")\"";
+    svg.text(20, top + plot_h / 2, c.y_label, 13, "middle", rotate.c_str());
+
+    // Named sets: a dotted guide up to a label above the plot, markers on the curves.
+    for (const auto& g : guides) {
+        const double label_y = top - 8 - 15 * g.row;
+        svg.line(px(g.x), label_y + 3, px(g.x), top + plot_h, "#888888", 1, "2 3");
+        svg.text(px(g.x), label_y, g.label, 11, "middle");
+    }
+    for (const auto& s : c.series) {
+        std::vector<std::pair<double, double>> xy;
+        for (const auto& [x, y] : s.points) xy.emplace_back(px(x), py(y));
+        svg.polyline(xy, s.color, s.dashed);
+    }
+    for (const auto& m : c.markers)
+        svg.marker(px(m.x), py(m.y), c.series[m.series].color,
+                   m.label + ": r = " + num(m.x, 4) + ", relative MSE " + num(m.y, 5) + " (" +
+                       c.series[m.series].label + ")");
+
+    // Legend to the right of the plot.
+    const double lx = left + plot_w + 24;
+    double ly = top + 10;
+    svg.text(lx, ly, "{±r, ±1} sweep", 12, "start", " font-weight=\"bold\"");
+    for (const auto& s : c.series) {
+        ly += 22;
+        svg.polyline({{lx, ly - 4}, {lx + 28, ly - 4}}, s.color, s.dashed);
+        svg.text(lx + 36, ly, s.label, 12);
+    }
+    ly += 30;
+    svg.marker(lx + 14, ly - 4, "white", "");
+    svg.text(lx + 36, ly, "named set at its own r,", 12);
+    svg.text(lx + 36, ly + 15, "in its line's color", 12);
+    os << "</svg>\n";
+}
+
+// The sweep as the study computed it: per embedded matrix, or the mean over a model's layers.
+line_chart sweep_chart(const options& opt, const std::vector<matrix_study>& all) {
+    line_chart c;
+    c.title = "Two-bit level sets {±r, ±1}: quantization error against r";
+    c.x_label = "r = inner / outer level magnitude";
+    c.y_label = "relative MSE ‖W − Q(W)‖² / ‖W‖²  (log scale)";
+    const auto minimum = [](const std::vector<std::pair<double, double>>& sweep) {
+        return std::min_element(sweep.begin(), sweep.end(),
+                                [](auto& a, auto& b) { return a.second < b.second; })
+            ->first;
+    };
+    const auto add = [&](std::string label, const char* color, bool dashed, const matrix_study& st,
+                         int rotated, bool with_markers) {
+        label += " (min r = " + num(minimum(st.sweep[rotated]), 2) + ")";
+        c.series.push_back({std::move(label), color, dashed, st.sweep[rotated]});
+        if (with_markers)
+            for (const auto& row : st.rows[rotated])
+                if (row.family_ratio > 0)
+                    c.markers.push_back({std::string(row.level_set), row.family_ratio, row.refined,
+                                         c.series.size() - 1});
+    };
+    if (opt.model.empty()) {
+        c.subtitle =
+            "embedded 1024×1024 matrices, per-channel scale: searched (e = 2) + least squares";
+        add("rotated LLM-like", "#1f77b4", false, all[0], 1, true);
+        add("unrotated LLM-like", "#d62728", true, all[0], 0, false);
+        add("Gaussian", "#2ca02c", false, all[1], 0, true);
+    } else {
+        const matrix_study mean = mean_study(all);
+        c.subtitle = std::filesystem::path(opt.model).filename().string() + ": mean over its " +
+                     std::to_string(all.size()) +
+                     " linear layers, scale searched (e = 2) + least squares";
+        add("rotated layers", "#1f77b4", false, mean, 1, true);
+        add("unrotated layers", "#d62728", true, mean, 0, false);
+    }
+    return c;
 }
 
 void usage() {
     std::puts(
-        "usage: level_study [--model FILE] [--csv]\n"
+        "usage: level_study [--model FILE] [--csv] [--svg FILE]\n"
         "  no arguments: embedded synthetic weights (LLM-like heavy-tailed with outlier\n"
         "  channels, and Gaussian), 1024 x 1024 each\n"
         "  --model FILE  every linear layer of a llama2.c checkpoint\n"
         "  --csv         machine-readable output\n"
+        "  --svg FILE    also write the {±r, ±1} ratio sweep as an SVG line chart\n"
         "Columns: relative MSE ||W - Q(W)||^2 / ||W||^2 with a per-output-channel scale,\n"
         "for W as given and for W*Q (input dimension rotated by a randomized Hadamard, or a\n"
         "seeded random orthogonal matrix where no Hadamard order exists):\n"
@@ -209,6 +463,8 @@ int main(int argc, char** argv) {
             opt.csv = true;
         } else if (a == "--model" && i + 1 < argc) {
             opt.model = argv[++i];
+        } else if (a == "--svg" && i + 1 < argc) {
+            opt.svg = argv[++i];
         } else if (a == "--help" || a == "-h") {
             usage();
             return 0;
@@ -216,6 +472,14 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "level_study: unknown argument '%s'\n", argv[i]);
             usage();
             return 2;
+        }
+    }
+    std::ofstream svg_file;
+    if (!opt.svg.empty()) {
+        svg_file.open(opt.svg);
+        if (!svg_file) {
+            std::fprintf(stderr, "level_study: cannot open %s for writing\n", opt.svg.c_str());
+            return 1;
         }
     }
     try {
@@ -249,13 +513,25 @@ int main(int argc, char** argv) {
                 "round-to-nearest");
         std::vector<matrix_study> all;
         for (const auto& m : mats) {
-            all.push_back(study_matrix(m, opt.model.empty()));
+            all.push_back(study_matrix(m, opt.model.empty() || !opt.svg.empty()));
             if (opt.csv)
                 print_csv(m, all.back());
             else
                 print_table(m.name.c_str(), m.w.rows(), m.w.cols(), all.back());
         }
-        if (!opt.csv && !opt.model.empty()) summarize(all);
+        if (!opt.csv && !opt.model.empty())
+            print_table(("mean over the " + std::to_string(all.size()) + " matrices").c_str(), 0, 0,
+                        mean_study(all));
+        if (!opt.svg.empty()) {
+            write_svg(svg_file, sweep_chart(opt, all));
+            svg_file.close();
+            if (!svg_file) {
+                std::fprintf(stderr, "level_study: cannot write %s\n", opt.svg.c_str());
+                return 1;
+            }
+            // Keep --csv output parseable: the note goes to stderr there.
+            std::fprintf(opt.csv ? stderr : stdout, "wrote %s\n", opt.svg.c_str());
+        }
     } catch (const qift::error& e) {
         std::fprintf(stderr, "level_study: %s\n", e.what());
         return 1;
