@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // GPTQ (Frantar et al., arXiv 2210.17323) for any level set and scale rule, following the
-// IST-DASLab reference step by step (methods.md §4): Hessian accumulation, dead columns, damping,
+// IST-DASLab reference step by step: Hessian accumulation, dead columns, damping,
 // act-order, lazy block updates, dynamic and static groups.
 #pragma once
 
@@ -28,7 +28,7 @@ namespace qift {
 /// Accumulates the GPTQ proxy Hessian H = (2/N)·Σ x·xᵀ [in×in] from calibration activations
 /// streamed in batches, with the reference's running rescale: on a batch of t samples,
 /// H ← H·N/(N+t), N ← N+t, H += (2/N)·XᵀX. Accumulated in double.
-/// What counts as a sample: `add(x)` counts every token (row of x), as methods.md §4 writes it;
+/// What counts as a sample: `add(x)` counts every token (row of x), as the GPTQ paper writes it;
 /// `add(x, samples)` lets the caller count like the reference, which counts sequences (the
 /// batch dimension) and not tokens. The count only scales H, which leaves GPTQ's codes unchanged
 /// (damping is relative) and scales the proxy loss.
@@ -205,7 +205,7 @@ void check_gptq_inputs(matrix_view<const float> w, matrix_view<const HT> h,
 /// H [in][in] (precondition: symmetric, as every Hessian from XᵀX is; it is read in place,
 /// never copied),
 /// quantizing onto level set L with per-row (or per-group) parameters from find_params<L>
-/// under opt.scale. Follows the IST-DASLab reference `fasterquant` (methods.md §4):
+/// under opt.scale. Follows the IST-DASLab reference `fasterquant` (arXiv 2210.17323):
 ///  1. without groups, each row's parameters come from find_params on the original row (before
 ///     dead columns are zeroed, as the reference calls quantizer.find_params(W) first);
 ///  2. dead columns (H_jj = 0): H_jj = 1 and W[:, j] = 0; static groups are found now;

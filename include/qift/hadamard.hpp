@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Fast Walsh-Hadamard transform, Hadamard transforms of every size n = K·2^m the Sylvester and
 // Paley constructions reach, and the rotation object a rotated (QuaRot-style) model applies
-// online to activations and folds offline into weights. See methods.md §3.
+// online to activations and folds offline into weights. See QuaRot (arXiv 2404.00456).
 #pragma once
 
 #include "core.hpp"

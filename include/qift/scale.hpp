@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Per-channel (optionally per-group) scale search and round-to-nearest quantization of a
 // row-major weight matrix onto any level set: max-based scale, clipping-grid search as in
-// GPTQ/QuaRot `w_clip`, and least-squares refinement (methods.md §2).
+// GPTQ/QuaRot `w_clip`, and least-squares refinement (Lloyd iteration on the scale).
 #pragma once
 
 #include <algorithm>

@@ -86,7 +86,8 @@ inline std::uint64_t llama2c_float_count(const llama2c_config& c) {
            (c.shared_classifier ? 0 : v * d);
 }
 
-/// Loads a llama2.c checkpoint (format: shared/models/README.md). Throws qift::error if the
+/// Loads a llama2.c checkpoint (llama2.c's export: a header of 7 int32, then the float32 arrays
+/// in the order read below). Throws qift::error if the
 /// file cannot be read, a header field is nonsensical, or the size is not exactly the size
 /// the header implies (truncated or oversized), naming both sizes.
 inline llama2c_model load_llama2c(const std::string& path) {
