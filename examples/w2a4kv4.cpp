@@ -1,80 +1,165 @@
 // SPDX-License-Identifier: MIT
-// End-to-end W2A4KV4 inference of a llama2.c model with every level set, RTN and GPTQ, and
-// mixed W2/W4 layers: perplexity, KL from the float model and top-1 agreement (--csv, --svg).
+// End-to-end W2A4KV4 evaluation of a llama2.c model on held-out text: every level set by RTN
+// and by GPTQ (float-input and sequential calibration), and the paper's L-layer W2/W4 sweep
+// (--csv, --svg for the sweep chart).
+#include <qift/model/calibrate.hpp>
+#include <qift/model/eval.hpp>
+#include <qift/model/quarot.hpp>
+
 #include <chrono>
+#include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <fstream>
+#include <functional>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
 
-#include "quarot.hpp"
-
 namespace {
 
-using namespace llama;
+using namespace qift;
 
 struct options {
-    std::string model = std::string(QIFT_SHARED_DIR) + "/models/stories260K.bin";
-    int sequences = 8, tokens = 128, calibration = 16;
+    std::string model = std::string(QIFT_SHARED_DIR) + "/models/prose6M.bin";
+    std::string test = std::string(QIFT_SHARED_DIR) + "/models/prose6M_test.npy";
+    std::string calib = std::string(QIFT_SHARED_DIR) + "/models/prose6M_calib.npy";
+    std::size_t windows = 0, calib_windows = 0;
     std::uint64_t seed = 2606;
     float act_clip = 0.9f;
-    std::vector<int> w2_layers{2, 3};
-    bool csv = false;
+    std::vector<std::string> sets{"int4",    "int3", "standard", "asymmetric", "mnz",
+                                  "pot_mnz", "nf2",  "lloyd",    "pm12"};
+    std::vector<std::string> sweep_sets{"standard", "mnz", "pot_mnz"};
+    std::vector<int> sweep{0, 1, 2, 3, 4, 5, 6};
+    bool csv = false, quiet = false;
     std::string svg;
-};
-
-struct row {
-    std::string name, method;
-    eval_result r;
-    double seconds = 0;  // quantization time
 };
 
 void usage() {
     std::puts(
-        "usage: w2a4kv4 [--model FILE] [--sequences N] [--tokens T] [--calibration N]\n"
-        "               [--seed S] [--act-clip C] [--w2-layers L1,L2,...] [--csv] [--svg FILE]\n"
-        "Evaluates a llama2.c checkpoint (default: ../shared/models/stories260K.bin) as FP32,\n"
-        "rotated FP32, W4A4KV4, W3A4KV4, W2A4KV4 with every 2-bit level set (RTN and GPTQ), and\n"
-        "mixed precision with the last L layers at W2 and the rest at W4 for the Qift sets.\n"
-        "Evaluation: N sequences of T tokens sampled from the float model (seeded), calibration\n"
-        "sequences from a different seed. Float: embeddings, norms, classifier, softmax.");
+        "usage: w2a4kv4 [--model FILE] [--test IDS.npy] [--calib IDS.npy] [--windows N]\n"
+        "               [--calib-windows N] [--seed S] [--act-clip C] [--sets a,b,...]\n"
+        "               [--sweep L1,L2,...] [--sweep-sets a,b,...] [--csv] [--svg FILE] [--quiet]\n"
+        "Evaluates a llama2.c checkpoint (default ../shared/models/prose6M.bin) on held-out token\n"
+        "ids (perplexity over windows of the context, KL from the float model, top-1 agreement):\n"
+        "FP32, rotated FP32, and W<b>A4KV4 for each level set (int4, int3, standard, asymmetric,\n"
+        "mnz, pot_mnz, nf2, lloyd, pm12) by RTN and by GPTQ calibrated on float-model inputs and\n"
+        "sequentially; then the sweep with the last L blocks at W2 (GPTQ, sequential) and the\n"
+        "rest at W4. --windows / --calib-windows limit the windows (0: all). --svg writes the\n"
+        "sweep chart.");
 }
 
-std::vector<int> parse_list(std::string_view s) {
-    std::vector<int> out;
+std::vector<std::string> split(std::string_view s) {
+    std::vector<std::string> out;
     while (!s.empty()) {
         const auto comma = s.find(',');
-        out.push_back(std::stoi(std::string(s.substr(0, comma))));
+        out.emplace_back(s.substr(0, comma));
         s = comma == std::string_view::npos ? std::string_view{} : s.substr(comma + 1);
     }
     return out;
 }
 
-void write_svg(const std::string& path, const std::vector<row>& rows) {
+/// A weight quantizer chosen by name at run time: RTN (stats == nullptr) or GPTQ.
+using weight_quantizer =
+    std::function<linear(const matrix<float>&, input_quantization, const site_statistics*)>;
+
+template <class L>
+weight_quantizer quantizer_of() {
+    return [](const matrix<float>& w, input_quantization in, const site_statistics* st) {
+        return quantize_linear<L>(w, in, st);
+    };
+}
+
+const std::map<std::string, weight_quantizer, std::less<>>& quantizers() {
+    static const std::map<std::string, weight_quantizer, std::less<>> m{
+        {"int4", quantizer_of<levels::int4>()},
+        {"int3", quantizer_of<levels::int3>()},
+        {"standard", quantizer_of<levels::standard>()},
+        {"asymmetric", quantizer_of<levels::asymmetric>()},
+        {"mnz", quantizer_of<levels::mnz>()},
+        {"pot_mnz", quantizer_of<levels::pot_mnz>()},
+        {"nf2", quantizer_of<levels::nf2>()},
+        {"lloyd", quantizer_of<levels::lloyd>()},
+        {"pm12", quantizer_of<levels::pm12>()},
+    };
+    return m;
+}
+
+const weight_quantizer& quantizer(std::string_view name) {
+    const auto it = quantizers().find(name);
+    detail::require(it != quantizers().end(), [&] {
+        return "w2a4kv4: unknown level set '" + std::string(name) +
+               "' (int4, int3, standard, asymmetric, mnz, pot_mnz, nf2, lloyd, pm12)";
+    });
+    return it->second;
+}
+
+std::string label_of(std::string_view set) {
+    const std::string bits = set == "int4" ? "W4" : set == "int3" ? "W3" : "W2";
+    return bits + "A4KV4 " + std::string(set);
+}
+
+struct row {
+    std::string config, method;
+    eval_result r;
+    double seconds = 0;  // calibration + quantization
+};
+
+/// The sweep chart: perplexity (log scale) against L, one line per level set, FP32 dashed.
+void write_sweep_svg(const std::string& path, const std::vector<int>& Ls,
+                     const std::map<std::string, std::vector<double>>& lines, double fp32,
+                     int n_layers, const std::string& model) {
     std::ofstream f(path);
-    const int bar_h = 16, left = 260, width = 520, top = 40;
-    const int height = top + int(rows.size()) * (bar_h + 4) + 30;
-    double max_log = 0;
-    for (const auto& r : rows) max_log = std::max(max_log, std::log10(r.r.perplexity));
-    f << "<svg xmlns='http://www.w3.org/2000/svg' width='" << left + width + 80 << "' height='"
-      << height << "' font-family='sans-serif' font-size='12'>\n"
-      << "<text x='10' y='20' font-size='14'>Perplexity (log scale) on sequences sampled from "
-         "the float model</text>\n";
-    for (std::size_t i = 0; i < rows.size(); ++i) {
-        const auto& r = rows[i];
-        const int y = top + int(i) * (bar_h + 4);
-        const double w = std::max(1.0, width * std::log10(r.r.perplexity) / max_log);
-        const char* color = r.name.find("mnz") != std::string::npos    ? "#2a7"
-                            : r.name.find("FP32") != std::string::npos ? "#57a"
-                                                                       : "#c65";
-        f << "<text x='" << left - 6 << "' y='" << y + 12 << "' text-anchor='end'>" << r.name
-          << (r.method.empty() ? "" : " " + r.method) << "</text>\n"
-          << "<rect x='" << left << "' y='" << y << "' width='" << w << "' height='" << bar_h
-          << "' fill='" << color << "'/>\n"
-          << "<text x='" << left + w + 4 << "' y='" << y + 12 << "'>" << r.r.perplexity
-          << "</text>\n";
+    detail::require(bool(f), [&] { return "w2a4kv4: cannot write " + path; });
+    const double W = 640, H = 400, left = 70, right = 150, top = 50, bottom = 50;
+    double lo = fp32, hi = fp32;
+    for (const auto& [name, ys] : lines)
+        for (double y : ys) lo = std::min(lo, y), hi = std::max(hi, y);
+    lo *= 0.95, hi *= 1.05;
+    const auto px = [&](double L) { return left + (W - left - right) * L / n_layers; };
+    const auto py = [&](double p) {
+        return top + (H - top - bottom) * (1 - std::log(p / lo) / std::log(hi / lo));
+    };
+    f << "<svg xmlns='http://www.w3.org/2000/svg' width='" << W << "' height='" << H
+      << "' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' "
+         "fill='white'/>\n<text x='"
+      << left << "' y='20' font-size='14'>" << model
+      << ": perplexity with the last L blocks at W2, the rest at W4</text>\n<text x='" << left
+      << "' y='36' font-size='11'>A4 activations, KV4 cache, GPTQ with sequential calibration; "
+         "held-out test text</text>\n";
+    for (int L = 0; L <= n_layers; ++L)
+        f << "<line x1='" << px(L) << "' x2='" << px(L) << "' y1='" << top << "' y2='" << H - bottom
+          << "' stroke='#eee'/><text x='" << px(L) << "' y='" << H - bottom + 16
+          << "' text-anchor='middle'>" << L << "</text>\n";
+    // Six ticks evenly spaced on the log axis, rounded to two significant digits.
+    for (int i = 0; i <= 5; ++i) {
+        const double v = lo * std::pow(hi / lo, i / 5.0),
+                     unit = std::pow(10.0, std::floor(std::log10(v)) - 1),
+                     tick = std::round(v / unit) * unit;
+        if (tick < lo || tick > hi) continue;
+        f << "<line x1='" << left << "' x2='" << W - right << "' y1='" << py(tick) << "' y2='"
+          << py(tick) << "' stroke='#eee'/><text x='" << left - 6 << "' y='" << py(tick) + 4
+          << "' text-anchor='end'>" << tick << "</text>\n";
+    }
+    f << "<text x='" << (left + W - right) / 2 << "' y='" << H - 12
+      << "' text-anchor='middle'>L (blocks at W2)</text>\n<text x='16' y='"
+      << (top + H - bottom) / 2 << "' transform='rotate(-90 16 " << (top + H - bottom) / 2
+      << ")' text-anchor='middle'>perplexity (log scale)</text>\n";
+    f << "<line x1='" << left << "' x2='" << W - right << "' y1='" << py(fp32) << "' y2='"
+      << py(fp32) << "' stroke='#555' stroke-dasharray='4 3'/><text x='" << W - right + 6 << "' y='"
+      << py(fp32) + 4 << "'>FP32 " << std::round(fp32 * 100) / 100 << "</text>\n";
+    const char* colors[] = {"#c0392b", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"};
+    std::size_t i = 0;
+    for (const auto& [name, ys] : lines) {
+        const char* col = colors[i++ % 5];
+        f << "<polyline fill='none' stroke='" << col << "' stroke-width='2' points='";
+        for (std::size_t k = 0; k < ys.size(); ++k) f << px(Ls[k]) << "," << py(ys[k]) << " ";
+        f << "'/>\n";
+        for (std::size_t k = 0; k < ys.size(); ++k)
+            f << "<circle cx='" << px(Ls[k]) << "' cy='" << py(ys[k]) << "' r='3' fill='" << col
+              << "'/>\n";
+        f << "<text x='" << W - right + 6 << "' y='" << py(ys.back()) + 4 << "' fill='" << col
+          << "'>" << name << "</text>\n";
     }
     f << "</svg>\n";
 }
@@ -94,20 +179,29 @@ int main(int argc, char** argv) {
         };
         if (a == "--model")
             opt.model = value();
-        else if (a == "--sequences")
-            opt.sequences = std::stoi(value());
-        else if (a == "--tokens")
-            opt.tokens = std::stoi(value());
-        else if (a == "--calibration")
-            opt.calibration = std::stoi(value());
+        else if (a == "--test")
+            opt.test = value();
+        else if (a == "--calib")
+            opt.calib = value();
+        else if (a == "--windows")
+            opt.windows = std::stoul(value());
+        else if (a == "--calib-windows")
+            opt.calib_windows = std::stoul(value());
         else if (a == "--seed")
             opt.seed = std::stoull(value());
         else if (a == "--act-clip")
             opt.act_clip = std::stof(value());
-        else if (a == "--w2-layers")
-            opt.w2_layers = parse_list(value());
-        else if (a == "--csv")
+        else if (a == "--sets")
+            opt.sets = split(value());
+        else if (a == "--sweep-sets")
+            opt.sweep_sets = split(value());
+        else if (a == "--sweep") {
+            opt.sweep.clear();
+            for (const auto& s : split(value())) opt.sweep.push_back(std::stoi(s));
+        } else if (a == "--csv")
             opt.csv = true;
+        else if (a == "--quiet")
+            opt.quiet = true;
         else if (a == "--svg")
             opt.svg = value();
         else if (a == "--help" || a == "-h") {
@@ -120,108 +214,179 @@ int main(int argc, char** argv) {
         }
     }
     try {
-        qift::detail::require(opt.sequences > 0 && opt.tokens >= 2 && opt.calibration > 0, [&] {
-            return "w2a4kv4: need --sequences > 0, --tokens >= 2, --calibration > 0";
-        });
-        const auto ckpt = qift::load_llama2c(opt.model);
+        for (const auto& s : opt.sets) quantizer(s);
+        for (const auto& s : opt.sweep_sets) quantizer(s);
+        const auto ckpt = load_llama2c(opt.model);
         const auto& c = ckpt.config;
-        qift::detail::require(opt.tokens <= c.seq_len, [&] {
-            return "w2a4kv4: --tokens " + std::to_string(opt.tokens) + " exceeds seq_len " +
-                   std::to_string(c.seq_len);
-        });
-        const model fp32 = float_model(ckpt);
-        const auto eval_seqs = sample_sequences(fp32, opt.sequences, opt.tokens, opt.seed);
-        const auto calib_seqs = sample_sequences(fp32, opt.calibration, opt.tokens, opt.seed + 1);
-        const auto reference = logprobs(fp32, eval_seqs);
-        const auto rotated = rotate(ckpt, opt.seed);
-        const auto hessians = calibrate(rotated, calib_seqs);
-        const auto kv = kv4_factory(c.head_dim(), std::size_t(opt.tokens));
+        const std::size_t n_layers = std::size_t(c.n_layers);
+        for (int L : opt.sweep)
+            detail::require(L >= 0 && std::size_t(L) <= n_layers, [&] {
+                return "w2a4kv4: --sweep " + std::to_string(L) + " outside [0, " +
+                       std::to_string(n_layers) + "]";
+            });
+        const auto test = load_token_ids(opt.test, c.vocab_size);
+        const auto calib = load_token_ids(opt.calib, c.vocab_size);
+        const llama_weights weights = llama_weights::from(ckpt);
+        const llama_model fp32 = float_model(weights);
+        const llama_weights rotated = quarot(weights, {.seed = opt.seed});
+        const input_quantization a4 = input_quantization::a4_per_token(opt.act_clip);
+        const kv_format kv4 = kv_format::kv4_asymmetric();
+        const bool tty = !opt.quiet;
+        std::string current;
+        const auto progress = [&](std::size_t done, std::size_t total) {
+            if (tty)
+                std::fprintf(stderr, "\r%-40s %zu/%zu%s", current.c_str(), done, total,
+                             done == total ? "\r\033[K" : "");
+        };
+        const auto now = [] { return std::chrono::steady_clock::now(); };
+        const auto secs = [&](auto t0) {
+            return std::chrono::duration<double>(now() - t0).count();
+        };
+
+        current = "float reference logits";
+        const reference_logits ref(fp32, test, opt.windows, progress);
         if (!opt.csv) {
             std::printf(
-                "model %s: dim %d, hidden %d, %d layers, %d heads (%d kv, head_dim %d), vocab %d\n",
+                "model %s: dim %d, hidden %d, %d layers, %d heads (%d kv, head_dim %d), "
+                "vocab %d, context %d\n",
                 opt.model.c_str(), c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads,
-                c.head_dim(), c.vocab_size);
+                c.head_dim(), c.vocab_size, c.seq_len);
             std::printf(
-                "rotations: residual %s (folded), per-head hadamard %d on q/k (online) and v/o "
-                "(folded), down_proj input %s (online)\n",
-                rotated.residual_kind.c_str(), c.head_dim(), rotated.down_kind.c_str());
+                "rotations (seed %llu): residual %s (folded), per head %s on q/k (online) "
+                "and v/o (folded), down_proj input %s (online)\n",
+                static_cast<unsigned long long>(opt.seed),
+                describe(rotation::for_size(std::size_t(c.dim), opt.seed)).c_str(),
+                describe(*rotated.head_rotation).c_str(), describe(*rotated.ffn_rotation).c_str());
             std::printf(
-                "quantized: every linear of every block (A4 per token, symmetric -7..7, clip "
-                "%.2f; weights per-channel searched scale); KV4 asymmetric clip 0.95.\n"
-                "float: token embedding, RMSNorms, classifier, RoPE, softmax.\n"
-                "evaluation: %d sequences x %d tokens sampled from FP32 (seed %llu); GPTQ "
-                "calibration: %d other sequences\n\n",
-                double(opt.act_clip), opt.sequences, opt.tokens,
-                static_cast<unsigned long long>(opt.seed), opt.calibration);
+                "quantized: every linear of every block (A4 per token, symmetric -7..7, "
+                "clip %.2f; weights per channel, searched scale); KV4 asymmetric clip "
+                "0.95. Float: embedding, norms, classifier, RoPE, softmax.\n"
+                "evaluation: %zu windows x %d tokens of %s; calibration: %zu windows of "
+                "%s\n\n",
+                double(opt.act_clip), ref.windows(), c.seq_len, opt.test.c_str(),
+                opt.calib_windows
+                    ? std::min(opt.calib_windows, calib.size() / std::size_t(c.seq_len))
+                    : calib.size() / std::size_t(c.seq_len),
+                opt.calib.c_str());
+            std::printf("%-26s %-10s %11s %9s %8s %9s\n", "configuration", "method", "perplexity",
+                        "KL", "top-1", "quant s");
         }
 
         std::vector<row> rows;
-        const auto add = [&](std::string name, std::string meth, const model& m, double secs) {
-            rows.push_back(
-                {std::move(name), std::move(meth), evaluate(m, reference, eval_seqs), secs});
-            const auto& r = rows.back();
+        const auto add = [&](std::string config, std::string method, const llama_model& m,
+                             double seconds) {
+            current = config + " " + method;
+            const eval_result r = evaluate(
+                m, test,
+                {.max_windows = opt.windows, .cached_reference = &ref, .progress = progress});
+            rows.push_back({std::move(config), std::move(method), r, seconds});
             if (opt.csv) return;
-            std::printf("%-24s %-5s %12.3f %10.5f %8.2f%% %9.2f\n", r.name.c_str(),
-                        r.method.c_str(), r.r.perplexity, r.r.kl, 100 * r.r.top1_agreement,
-                        r.seconds);
+            const auto& b = rows.back();
+            std::printf("%-26s %-10s %11.3f %9.4f %7.2f%% %9.2f\n", b.config.c_str(),
+                        b.method.c_str(), r.perplexity, r.kl, 100 * r.top1, b.seconds);
             std::fflush(stdout);
         };
-        if (!opt.csv)
-            std::printf("%-24s %-5s %12s %10s %9s %9s\n", "configuration", "quant", "perplexity",
-                        "KL", "top-1", "quant s");
         add("FP32", "", fp32, 0);
-        add("rotated FP32", "", rotated_float_model(rotated), 0);
+        add("rotated FP32", "", float_model(rotated), 0);
 
-        const std::size_t n_layers = rotated.layers.size();
-        const auto run = [&](const std::string& name, const std::vector<linear_factory>& f) {
-            for (method m : {method::rtn, method::gptq}) {
-                const auto t0 = std::chrono::steady_clock::now();
-                const model q =
-                    quantized_model(rotated, f, m == method::gptq ? &hessians : nullptr, kv);
-                const double secs =
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-                add(name, m == method::rtn ? "RTN" : "GPTQ", q, secs);
+        // Float-input statistics do not depend on the quantizer: computed once.
+        auto t0 = now();
+        current = "calibration (float inputs)";
+        const auto float_stats =
+            calibrate(rotated, calib, {.max_windows = opt.calib_windows, .progress = progress});
+        const double float_stats_seconds = secs(t0);
+
+        // per_layer[l] names the level set of block l.
+        const auto rtn = [&](const std::vector<std::string>& per_layer) {
+            return build_model(
+                rotated,
+                [&](std::size_t l, linear_id, const matrix<float>& w) {
+                    return quantizer(per_layer[l])(w, a4, nullptr);
+                },
+                kv4);
+        };
+        const auto gptq_float = [&](const std::vector<std::string>& per_layer) {
+            return build_model(
+                rotated,
+                [&](std::size_t l, linear_id id, const matrix<float>& w) {
+                    return quantizer(per_layer[l])(
+                        w, a4, &float_stats[l][static_cast<unsigned>(site_of(id))]);
+                },
+                kv4);
+        };
+        const auto gptq_sequential = [&](const std::vector<std::string>& per_layer) {
+            current = "sequential calibration";
+            return quantize_calibrated(
+                rotated,
+                [&](std::size_t l, linear_id, const matrix<float>& w, const site_statistics& st) {
+                    return quantizer(per_layer[l])(w, a4, &st);
+                },
+                kv4, calib, {.max_windows = opt.calib_windows, .progress = progress});
+        };
+        std::map<std::string, double> sequential_ppl;  // per uniform set, for the sweep
+        for (const auto& set : opt.sets) {
+            const std::vector<std::string> all(n_layers, set);
+            t0 = now();
+            auto m = rtn(all);
+            add(label_of(set), "RTN", m, secs(t0));
+            t0 = now();
+            m = gptq_float(all);
+            add(label_of(set), "GPTQ float", m, secs(t0) + float_stats_seconds);
+            t0 = now();
+            m = gptq_sequential(all);
+            add(label_of(set), "GPTQ seq", m, secs(t0));
+            sequential_ppl[set] = rows.back().r.perplexity;
+        }
+
+        // The sweep: the last L blocks at W2, the rest at W4, GPTQ with sequential calibration.
+        std::map<std::string, std::vector<double>> lines;
+        for (const auto& set : opt.sweep_sets)
+            for (int L : opt.sweep) {
+                std::vector<std::string> per_layer(n_layers, "int4");
+                for (std::size_t l = n_layers - std::size_t(L); l < n_layers; ++l)
+                    per_layer[l] = set;
+                const std::string uniform = L == 0 ? "int4" : std::size_t(L) == n_layers ? set : "";
+                if (!uniform.empty() && sequential_ppl.count(uniform)) {
+                    lines[set].push_back(sequential_ppl[uniform]);
+                    continue;
+                }
+                t0 = now();
+                const auto m = gptq_sequential(per_layer);
+                add("W2/W4 " + set + " L=" + std::to_string(L) + "/" + std::to_string(n_layers),
+                    "GPTQ seq", m, secs(t0));
+                lines[set].push_back(rows.back().r.perplexity);
+                if (!uniform.empty()) sequential_ppl[uniform] = rows.back().r.perplexity;
             }
-        };
-        const auto uniform = [&](linear_factory f) {
-            return std::vector<linear_factory>(n_layers, f);
-        };
-        const float clip = opt.act_clip;
-        run("W4A4KV4 int4", uniform(packed_factory<qift::levels::int4>(clip)));
-        run("W3A4KV4 int3", uniform(packed_factory<qift::levels::int3>(clip)));
-        run("W2A4KV4 standard", uniform(packed_factory<qift::levels::standard>(clip)));
-        run("W2A4KV4 asymmetric", uniform(packed_factory<qift::levels::asymmetric>(clip)));
-        run("W2A4KV4 mnz", uniform(packed_factory<qift::levels::mnz>(clip)));
-        run("W2A4KV4 pot_mnz", uniform(packed_factory<qift::levels::pot_mnz>(clip)));
-        run("W2A4KV4 nf2", uniform(packed_factory<qift::levels::nf2>(clip)));
-        run("W2A4KV4 lloyd", uniform(packed_factory<qift::levels::lloyd>(clip)));
-        run("W2A4KV4 pm12", uniform(packed_factory<qift::levels::pm12>(clip)));
-        for (int L : opt.w2_layers) {
-            qift::detail::require(L >= 0 && std::size_t(L) <= n_layers, [&] {
-                return "w2a4kv4: --w2-layers " + std::to_string(L) + " outside [0, " +
-                       std::to_string(n_layers) + "]";
-            });
-            const auto mixed = [&](linear_factory w2) {
-                std::vector<linear_factory> f(n_layers, packed_factory<qift::levels::int4>(clip));
-                for (std::size_t l = n_layers - std::size_t(L); l < n_layers; ++l) f[l] = w2;
-                return f;
-            };
-            const std::string tag = " L=" + std::to_string(L) + "/" + std::to_string(n_layers);
-            run("W2/W4 mnz" + tag, mixed(packed_factory<qift::levels::mnz>(clip)));
-            run("W2/W4 pot_mnz" + tag, mixed(packed_factory<qift::levels::pot_mnz>(clip)));
+        if (!opt.csv && !opt.sweep.empty() && !opt.sweep_sets.empty()) {
+            std::printf(
+                "\nsweep (GPTQ seq): perplexity with the last L of %zu blocks at W2, the "
+                "rest W4\n%-10s",
+                n_layers, "L");
+            for (int L : opt.sweep) std::printf(" %9d", L);
+            std::printf("\n");
+            for (const auto& [set, ys] : lines) {
+                std::printf("%-10s", set.c_str());
+                for (double y : ys) std::printf(" %9.2f", y);
+                std::printf("\n");
+            }
         }
         if (opt.csv) {
             std::puts("configuration,method,perplexity,kl,top1_agreement,tokens,quantize_seconds");
             for (const auto& r : rows)
-                std::printf("%s,%s,%.6f,%.6f,%.6f,%zu,%.4f\n", r.name.c_str(), r.method.c_str(),
-                            r.r.perplexity, r.r.kl, r.r.top1_agreement, r.r.tokens, r.seconds);
+                std::printf("%s,%s,%.6f,%.6f,%.6f,%zu,%.4f\n", r.config.c_str(), r.method.c_str(),
+                            r.r.perplexity, r.r.kl, r.r.top1, r.r.tokens, r.seconds);
         }
-        if (!opt.svg.empty()) write_svg(opt.svg, rows);
+        if (!opt.svg.empty()) {
+            const auto slash = opt.model.find_last_of('/');
+            write_sweep_svg(opt.svg, opt.sweep, lines, rows.front().r.perplexity, int(n_layers),
+                            opt.model.substr(slash == std::string::npos ? 0 : slash + 1));
+            if (!opt.csv) std::printf("wrote %s\n", opt.svg.c_str());
+        }
     } catch (const qift::error& e) {
-        std::fprintf(stderr, "w2a4kv4: %s\n", e.what());
+        std::fprintf(stderr, "\nw2a4kv4: %s\n", e.what());
         return 1;
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "w2a4kv4: bad argument: %s\n", e.what());
+        std::fprintf(stderr, "\nw2a4kv4: bad argument: %s\n", e.what());
         return 2;
     }
     return 0;

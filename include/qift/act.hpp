@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// A4 activation quantization (methods.md §5): per-token symmetric INT4 codes with one float
+// A4 activation quantization (QuaRot, arXiv 2404.00456): per-token symmetric INT4 codes with one float
 // scale per token, laid out for the integer GEMV/GEMM kernels.
 #pragma once
 
@@ -108,13 +108,14 @@ struct quantize_token_kernel {
 
 }  // namespace detail
 
-/// Per-token symmetric INT4 quantization of x [tokens][cols] (row-major, any stride):
+/// Per-token symmetric INT4 quantization of x [tokens][cols] (row-major, any stride) into
+/// `out`, reusing its storage (no allocation once it has held as many codes):
 /// scale_t = clip·max_k|x(t,k)|/7, code = clamp(round-half-even(x / scale_t), lo, 7) with lo = −7
 /// (a4_range::symmetric) or −8 (a4_range::full). A token of zeros gets scale 0 and codes 0.
 /// Throws qift::error for an empty x, cols > 65536 (the integer kernels' proven range), clip not
 /// in (0, 1] or a non-finite value (naming its position). O(tokens·cols), vectorized.
-inline quantized_activations quantize_activations(matrix_view<const float> x, float clip = 1.0f,
-                                                  a4_range range = a4_range::symmetric) {
+inline void quantize_activations(matrix_view<const float> x, quantized_activations& q,
+                                 float clip = 1.0f, a4_range range = a4_range::symmetric) {
     detail::require(!x.empty(), [&] {
         return "quantize_activations: x is empty (" + std::to_string(x.rows) + "x" +
                std::to_string(x.cols) + ")";
@@ -136,7 +137,6 @@ inline quantized_activations quantize_activations(matrix_view<const float> x, fl
                 return "quantize_activations: x(" + std::to_string(t) + ", " + std::to_string(k) +
                        ") is " + std::to_string(x(t, k)) + " (activations must be finite)";
             });
-    quantized_activations q;
     q.tokens = x.rows;
     q.cols = x.cols;
     q.padded_cols = detail::padded_activation_cols(x.cols);
@@ -151,6 +151,13 @@ inline quantized_activations quantize_activations(matrix_view<const float> x, fl
         for (std::size_t k = 0; k < x.cols; ++k) s += c[k];
         q.sums[t] = s;
     }
+}
+
+/// The same, returning new storage.
+inline quantized_activations quantize_activations(matrix_view<const float> x, float clip = 1.0f,
+                                                  a4_range range = a4_range::symmetric) {
+    quantized_activations q;
+    quantize_activations(x, q, clip, range);
     return q;
 }
 

@@ -35,6 +35,22 @@ void gemm_integer(const Kernel& kernel, Arch arch, const packed_matrix<L>& w,
                    });
 }
 
+/// The W2A16 GEMM on activations already in the kernels' layout, without a copy: x.stride is
+/// the packed row length w.codes().padded_cols() and x(t, k) = 0 for cols <= k < stride (the
+/// model layer's reused buffers). Shapes are the caller's to check.
+template <class Arch, class L>
+void gemm_float_padded(Arch arch, const packed_matrix<L>& w, matrix_view<const float> x,
+                       matrix_view<float> y, bool reference) {
+    const std::size_t pk = w.codes().padded_cols();
+    require(x.stride == pk && x.cols == w.cols() && y.rows == x.rows && y.cols == w.rows(), [&] {
+        return "gemm_float_padded: x is " + std::to_string(x.rows) + "x" + std::to_string(x.cols) +
+               " (stride " + std::to_string(x.stride) + "), expected stride " + std::to_string(pk);
+    });
+    for_row_chunks(w.rows(), w.rows() * pk * x.rows, [&](std::size_t r0, std::size_t r1) {
+        w2a16_rows(arch, w, x.data, pk, r0, r1, 0, x.rows, y.data, y.stride, reference);
+    });
+}
+
 template <class Arch, class L>
 void gemm_float(Arch arch, const packed_matrix<L>& w, matrix_view<const float> x,
                 matrix_view<float> y, bool reference, const char* fn) {
@@ -45,9 +61,8 @@ void gemm_float(Arch arch, const packed_matrix<L>& w, matrix_view<const float> x
     check_gemm_output(x.rows, w.rows(), y, fn);
     const auto buf = padded_float_activations(w, x);
     const std::size_t pk = w.codes().padded_cols();
-    for_row_chunks(w.rows(), w.rows() * pk * x.rows, [&](std::size_t r0, std::size_t r1) {
-        w2a16_rows(arch, w, buf.data(), pk, r0, r1, 0, x.rows, y.data, y.stride, reference);
-    });
+    gemm_float_padded(arch, w, matrix_view<const float>(buf.data(), x.rows, x.cols, pk), y,
+                      reference);
 }
 
 }  // namespace detail

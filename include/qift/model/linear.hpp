@@ -1,0 +1,226 @@
+// SPDX-License-Identifier: MIT
+// One linear layer of a model in any qift weight format (float32, or packed codes of a level set)
+// with its input quantization (none, or A4 per token), run on M tokens at once.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <variant>
+
+#include "../act.hpp"
+#include "../core.hpp"
+#include "../detail/linalg.hpp"
+#include "../gemm.hpp"
+#include "../gemv.hpp"
+#include "../levels.hpp"
+#include "../scale.hpp"
+
+namespace qift {
+
+/// How a linear quantizes its input before the product: not at all (float activations), or
+/// per-token symmetric INT4 (A4, act.hpp) with a clip ratio and code range.
+struct input_quantization {
+    bool a4 = false;
+    float clip = 0.9f;
+    a4_range range = a4_range::symmetric;
+
+    static constexpr input_quantization none() noexcept { return {}; }
+    static constexpr input_quantization a4_per_token(float clip = 0.9f) noexcept {
+        return {true, clip, a4_range::symmetric};
+    }
+    bool operator==(const input_quantization&) const = default;
+};
+
+/// The input of one or more linears (q, k and v share one; so do gate and up): x [tokens][cols]
+/// and, computed on first request and reused by every linear that shares the input, its A4
+/// quantization, its dequantized form and copies padded to the packed kernels' row length. All
+/// buffers keep their storage across reset(): after warm-up no call allocates.
+class linear_input {
+  public:
+    /// A new input (the view must outlive the linears' forward calls). Invalidates the caches.
+    void reset(matrix_view<const float> x) noexcept {
+        x_ = x;
+        a4_valid_ = dequantized_valid_ = padded_valid_ = false;
+    }
+    matrix_view<const float> x() const noexcept { return x_; }
+
+    /// The A4 codes of x for `q` (computed once per reset and quantization parameters).
+    const quantized_activations& a4(const input_quantization& q) {
+        if (!a4_valid_ || a4_params_ != q) {
+            quantize_activations(x_, a4_, q.clip, q.range);
+            a4_params_ = q;
+            a4_valid_ = true;
+            dequantized_valid_ = false;
+        }
+        return a4_;
+    }
+
+    /// scale·code of a4(q) as floats [tokens][cols], rows padded with zeros to `padded_cols`
+    /// (the view's stride), as the packed float kernels read them.
+    matrix_view<const float> a4_dequantized(const input_quantization& q, std::size_t padded_cols) {
+        const quantized_activations& a = a4(q);
+        if (!dequantized_valid_ || dequantized_stride_ != padded_cols) {
+            dequantized_.assign(a.tokens * padded_cols, 0.0f);
+            for (std::size_t t = 0; t < a.tokens; ++t)
+                for (std::size_t k = 0; k < a.cols; ++k)
+                    dequantized_[t * padded_cols + k] = a.scales[t] * float(a.code(t, k));
+            dequantized_stride_ = padded_cols;
+            dequantized_valid_ = true;
+        }
+        return {dequantized_.data(), a.tokens, a.cols, padded_cols};
+    }
+
+    /// x copied into rows of `padded_cols` floats, zeros past cols.
+    matrix_view<const float> padded(std::size_t padded_cols) {
+        if (!padded_valid_ || padded_stride_ != padded_cols) {
+            padded_.assign(x_.rows * padded_cols, 0.0f);
+            for (std::size_t t = 0; t < x_.rows; ++t)
+                std::copy_n(&x_(t, 0), x_.cols, padded_.data() + t * padded_cols);
+            padded_stride_ = padded_cols;
+            padded_valid_ = true;
+        }
+        return {padded_.data(), x_.rows, x_.cols, padded_cols};
+    }
+
+  private:
+    matrix_view<const float> x_;
+    quantized_activations a4_;
+    input_quantization a4_params_;
+    aligned_vector<float> dequantized_, padded_;
+    std::size_t dequantized_stride_ = 0, padded_stride_ = 0;
+    bool a4_valid_ = false, dequantized_valid_ = false, padded_valid_ = false;
+};
+
+/// Float32 weights kept as −Wᵀ [in][out], the operand layout of detail::gemm_sub (C −= A·B)
+/// and of the column-streaming GEMV (y −= x_k · (−W[:, k])), so neither transposes per call.
+class float_weights {
+  public:
+    float_weights() = default;
+    explicit float_weights(matrix_view<const float> w) : neg_t_(w.cols, w.rows) {
+        for (std::size_t r = 0; r < w.rows; ++r)
+            for (std::size_t c = 0; c < w.cols; ++c) neg_t_(c, r) = -w(r, c);
+    }
+    std::size_t rows() const noexcept { return neg_t_.cols(); }
+    std::size_t cols() const noexcept { return neg_t_.rows(); }
+    /// W [out][in] (a copy).
+    matrix<float> weights() const {
+        matrix<float> w(rows(), cols());
+        for (std::size_t r = 0; r < rows(); ++r)
+            for (std::size_t c = 0; c < cols(); ++c) w(r, c) = -neg_t_(c, r);
+        return w;
+    }
+
+    /// y [tokens][rows] = x [tokens][cols] · Wᵀ. One token: the columns of W streamed once
+    /// (axpy per input value); more: the blocked GEMM of detail/linalg.hpp. Output columns are
+    /// split over threads through parallel_for when the product is large.
+    void forward(matrix_view<const float> x, matrix_view<float> y) const {
+        const std::size_t out = rows(), in = cols();
+        const std::size_t chunk = 256, chunks = (out + chunk - 1) / chunk;
+        const bool parallel = x.rows * out * in >= (std::size_t{1} << 22);
+        parallel_for(parallel ? chunks : 1, [&](std::size_t b, std::size_t e) {
+            const std::size_t c0 = parallel ? b * chunk : 0,
+                              c1 = parallel ? std::min(out, e * chunk) : out;
+            for (std::size_t t = 0; t < x.rows; ++t)
+                std::fill(&y(t, c0), &y(t, c0) + (c1 - c0), 0.0f);
+            if (x.rows == 1) {
+                for (std::size_t k = 0; k < in; ++k)
+                    detail::axpy_sub(&y(0, c0), &neg_t_(k, c0), x(0, k), c1 - c0);
+            } else {
+                detail::gemm_sub<float>(
+                    matrix_view<float>(&y(0, c0), x.rows, c1 - c0, y.stride), x,
+                    matrix_view<const float>(&neg_t_(0, c0), in, c1 - c0, neg_t_.cols()));
+            }
+        });
+    }
+
+  private:
+    matrix<float> neg_t_;
+};
+
+/// The packed level sets a `linear` can hold (a closed list, so that a forward call is one
+/// variant dispatch and no virtual call). A set outside it is rejected at compile time.
+using linear_storage =
+    std::variant<float_weights, packed_matrix<levels::int4>, packed_matrix<levels::int3>,
+                 packed_matrix<levels::standard>, packed_matrix<levels::asymmetric>,
+                 packed_matrix<levels::mnz>, packed_matrix<levels::pot_mnz>,
+                 packed_matrix<levels::nf2>, packed_matrix<levels::lloyd>,
+                 packed_matrix<levels::pm12>, packed_matrix<levels::ternary>>;
+
+/// A linear layer y = W·x for M tokens: the weights in one of the formats of linear_storage and
+/// how the input is quantized. Formats and paths:
+///   float weights,  input none       float GEMM (float model)
+///   float weights,  input A4         A4 quantize-dequantize, float GEMM (fake-quant twin)
+///   packed integer set, input A4     integer GEMV/GEMM (W2A4, W4A4)
+///   packed set,     input none       float W2A16 GEMV/GEMM
+///   packed set without an integer form (NF2, Lloyd), input A4: the dequantized A4 values
+///                   through the W2A16 kernels (numerically W2 × A4, float arithmetic)
+class linear {
+  public:
+    linear() = default;
+    /// Float weights W [out][in].
+    explicit linear(matrix_view<const float> w, input_quantization in = {})
+        : w_(float_weights(w)), in_(in), name_("float") {}
+    /// Packed codes of a per-row quantization (no groups: packed_matrix rejects them).
+    template <packed_level_set L>
+    linear(const quantized_matrix<L>& q, input_quantization in)
+        : w_(packed_matrix<L>(q)), in_(in), name_(level_set_name<L>()) {
+        static_assert(std::is_constructible_v<linear_storage, packed_matrix<L>>,
+                      "qift::linear: this level set is not in qift::linear_storage");
+    }
+
+    std::size_t rows() const noexcept {
+        return std::visit([](const auto& w) { return w.rows(); }, w_);
+    }
+    std::size_t cols() const noexcept {
+        return std::visit([](const auto& w) { return w.cols(); }, w_);
+    }
+    /// "float" or the level set's name.
+    std::string_view format() const noexcept { return name_; }
+    const input_quantization& input() const noexcept { return in_; }
+    const linear_storage& storage() const noexcept { return w_; }
+    bool empty() const noexcept { return rows() == 0; }
+
+    /// y [x.rows][rows()] = the layer applied to every token of `in` (x.cols == cols()).
+    /// Throws qift::error on a shape mismatch or a non-finite input value.
+    void forward(linear_input& in, matrix_view<float> y) const {
+        const matrix_view<const float> x = in.x();
+        detail::require(x.cols == cols() && y.rows == x.rows && y.cols == rows(), [&] {
+            return "linear::forward: x is " + std::to_string(x.rows) + "x" +
+                   std::to_string(x.cols) + ", y " + std::to_string(y.rows) + "x" +
+                   std::to_string(y.cols) + ", weights " + std::to_string(rows()) + "x" +
+                   std::to_string(cols()) + " (" + std::string(name_) + ")";
+        });
+        std::visit([&](const auto& w) { run(w, in, y); }, w_);
+    }
+
+  private:
+    void run(const float_weights& w, linear_input& in, matrix_view<float> y) const {
+        w.forward(in_.a4 ? in.a4_dequantized(in_, in.x().cols) : in.x(), y);
+    }
+    template <class L>
+    void run(const packed_matrix<L>& w, linear_input& in, matrix_view<float> y) const {
+        const std::size_t pk = w.codes().padded_cols();
+        if constexpr (integer_dot_level_set<L>) {
+            if (in_.a4) {
+                const quantized_activations& a = in.a4(in_);
+                if (a.tokens == 1)
+                    gemv(w, a, y.row(0));
+                else
+                    gemm(w, a, y);
+                return;
+            }
+        }
+        detail::gemm_float_padded(xsimd::default_arch{}, w,
+                                  in_.a4 ? in.a4_dequantized(in_, pk) : in.padded(pk), y, false);
+    }
+
+    linear_storage w_;
+    input_quantization in_;
+    std::string_view name_;
+};
+
+}  // namespace qift
