@@ -178,11 +178,12 @@ int main(int argc, char** argv) {
             for (const auto& [name, m] :
                  {std::pair<std::string, const llama_model*>{"FP32", &fp32}, {qname, &q}}) {
                 std::mt19937_64 rng(opt.seed);
-                std::printf("\n== %s, %s ==\n", name.c_str(),
-                            greedy ? "greedy"
-                                   : ("sampled, temperature " + std::to_string(opt.temperature) +
-                                      ", seed " + std::to_string(opt.seed))
-                                         .c_str());
+                if (greedy)
+                    std::printf("\n== %s, greedy ==\n", name.c_str());
+                else
+                    std::printf("\n== %s, sampled at temperature %.2f, seed %llu ==\n",
+                                name.c_str(), double(opt.temperature),
+                                static_cast<unsigned long long>(opt.seed));
                 const timing t =
                     generate(*m, tok, prompt, opt.tokens, opt.temperature, greedy ? nullptr : &rng);
                 std::printf("[%s: prefill %.0f tokens/s, decode %.0f tokens/s]\n", name.c_str(),

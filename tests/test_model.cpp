@@ -445,3 +445,57 @@ TEST_CASE("the vectorized sums of exponentials match the double reference") {
         CHECK(w == 0.0);
     }
 }
+
+TEST_CASE("linear: every format and input path equals the dequantized float product") {
+    std::mt19937 gen(5);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    // Sizes that are not multiples of the vector width or of the packed block.
+    const std::size_t rows = 37, cols = 300;
+    matrix<float> w(rows, cols);
+    for (float& v : w.flat()) v = nd(gen);
+    for (std::size_t tokens : {1u, 5u}) {
+        matrix<float> x(tokens, cols);
+        for (float& v : x.flat()) v = nd(gen);
+        // Reference: y = x_in · W_deqᵀ in double, x_in the A4 round trip when quantized.
+        const auto expect = [&](const matrix<float>& wd, bool a4) {
+            const matrix<float> xin = a4 ? dequantize(quantize_activations(x.view(), 0.9f)) : x;
+            matrix<double> y(tokens, rows);
+            for (std::size_t t = 0; t < tokens; ++t)
+                for (std::size_t r = 0; r < rows; ++r)
+                    for (std::size_t k = 0; k < cols; ++k)
+                        y(t, r) += double(xin(t, k)) * double(wd(r, k));
+            return y;
+        };
+        const auto check = [&](const linear& l, const matrix<float>& wd, bool a4) {
+            linear_input in;
+            in.reset(x);
+            matrix<float> y(tokens, rows);
+            l.forward(in, y);
+            const matrix<double> e = expect(wd, a4);
+            double worst = 0, scale = 0;
+            for (std::size_t i = 0; i < y.size(); ++i)
+                worst = std::max(worst, std::fabs(double(y.data()[i]) - e.data()[i])),
+                scale = std::max(scale, std::fabs(e.data()[i]));
+            INFO(l.format() << (a4 ? " A4" : " float input") << ", " << tokens << " tokens");
+            CHECK(worst <= 1e-5 * scale);
+        };
+        const auto a4 = input_quantization::a4_per_token(0.9f);
+        check(linear(w), w, false);
+        check(linear(w, a4), w, true);
+        const auto each = [&](auto set) {
+            using L = decltype(set);
+            const auto q = quantize<L>(w);
+            check(linear(q, a4), q.dequantize(), true);
+            check(linear(q, input_quantization::none()), q.dequantize(), false);
+        };
+        each(levels::mnz{}), each(levels::pot_mnz{}), each(levels::standard{});
+        each(levels::asymmetric{}), each(levels::int4{}), each(levels::int3{});
+        each(levels::nf2{}), each(levels::lloyd{}), each(levels::pm12{}), each(levels::ternary{});
+    }
+    // Shapes are checked.
+    linear_input in;
+    const matrix<float> x(2, cols + 1);
+    in.reset(x);
+    matrix<float> y(2, rows);
+    CHECK_THROWS_WITH_AS(linear(w).forward(in, y), doctest::Contains("x is 2x301"), error);
+}
