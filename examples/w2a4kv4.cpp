@@ -5,7 +5,10 @@
 #include <qift/model/calibrate.hpp>
 #include <qift/model/eval.hpp>
 #include <qift/model/quarot.hpp>
+#include <qift/stats.hpp>
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -31,7 +34,7 @@ struct options {
                                   "pot_mnz", "nf2",  "lloyd",    "pm12"};
     std::vector<std::string> sweep_sets{"standard", "mnz", "pot_mnz"};
     std::vector<int> sweep{0, 1, 2, 3, 4, 5, 6};
-    bool csv = false, quiet = false;
+    bool csv = false, quiet = false, activation_stats = false;
     std::string svg;
 };
 
@@ -40,13 +43,16 @@ void usage() {
         "usage: w2a4kv4 [--model FILE] [--test IDS.npy] [--calib IDS.npy] [--windows N]\n"
         "               [--calib-windows N] [--seed S] [--act-clip C] [--sets a,b,...]\n"
         "               [--sweep L1,L2,...] [--sweep-sets a,b,...] [--csv] [--svg FILE] [--quiet]\n"
+        "               [--activation-stats]\n"
         "Evaluates a llama2.c checkpoint (default ../shared/models/prose6M.bin) on held-out token\n"
         "ids (perplexity over windows of the context, KL from the float model, top-1 agreement):\n"
         "FP32, rotated FP32, and W<b>A4KV4 for each level set (int4, int3, standard, asymmetric,\n"
         "mnz, pot_mnz, nf2, lloyd, pm12) by RTN and by GPTQ calibrated on float-model inputs and\n"
         "sequentially; then the sweep with the last L blocks at W2 (GPTQ, sequential) and the\n"
         "rest at W4. --windows / --calib-windows limit the windows (0: all). --svg writes the\n"
-        "sweep chart.");
+        "sweep chart. --activation-stats prints, instead, how outlying each linear input's\n"
+        "channels are before and after the rotations (float model, 32 calibration windows\n"
+        "unless --calib-windows).");
 }
 
 std::vector<std::string> split(std::string_view s) {
@@ -164,6 +170,34 @@ void write_sweep_svg(const std::string& path, const std::vector<int>& Ls,
     f << "</svg>\n";
 }
 
+/// Per input site, averaged over blocks: the loudest channel's max|x| over the median channel's
+/// (outlier channels), and the mean excess kurtosis of the tokens' values (heavy tails), for
+/// the float model's inputs before and after the QuaRot rotations.
+void print_activation_stats(const llama_weights& plain, const llama_weights& rotated,
+                            const std::vector<int>& calib, std::size_t windows) {
+    std::printf("%-14s %22s %22s\n", "", "max/median channel max", "excess kurtosis");
+    std::printf("%-14s %11s %10s %11s %10s\n", "input", "plain", "rotated", "plain", "rotated");
+    const auto analyse = [&](const llama_weights& w) {
+        const auto st = calibrate(w, calib, {.max_windows = windows, .raw = true});
+        std::array<std::pair<double, double>, site_count> out{};
+        for (const auto& layer : st)
+            for (std::size_t s = 0; s < site_count; ++s) {
+                std::vector<float> m = layer[s].absmax;
+                std::nth_element(m.begin(), m.begin() + long(m.size() / 2), m.end());
+                const double median = m[m.size() / 2];
+                const double mx = *std::max_element(m.begin(), m.end());
+                out[s].first += mx / median / double(st.size());
+                out[s].second +=
+                    describe(layer[s].inputs.flat()).excess_kurtosis / double(st.size());
+            }
+        return out;
+    };
+    const auto a = analyse(plain), b = analyse(rotated);
+    for (std::size_t s = 0; s < site_count; ++s)
+        std::printf("%-14s %11.2f %10.2f %11.2f %10.2f\n", std::string(site_names[s]).c_str(),
+                    a[s].first, b[s].first, a[s].second, b[s].second);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -202,6 +236,8 @@ int main(int argc, char** argv) {
             opt.csv = true;
         else if (a == "--quiet")
             opt.quiet = true;
+        else if (a == "--activation-stats")
+            opt.activation_stats = true;
         else if (a == "--svg")
             opt.svg = value();
         else if (a == "--help" || a == "-h") {
@@ -243,6 +279,11 @@ int main(int argc, char** argv) {
             return std::chrono::duration<double>(now() - t0).count();
         };
 
+        if (opt.activation_stats) {
+            print_activation_stats(weights, rotated, calib,
+                                   opt.calib_windows ? opt.calib_windows : 32);
+            return 0;
+        }
         current = "float reference logits";
         const reference_logits ref(fp32, test, opt.windows, progress);
         if (!opt.csv) {
