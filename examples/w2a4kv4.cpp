@@ -111,14 +111,17 @@ struct row {
     double seconds = 0;  // calibration + quantization
 };
 
-/// The sweep chart: perplexity (log scale) against L, one line per level set, FP32 dashed.
+/// The sweep chart: perplexity (log scale) against L, one line per level set, reference
+/// perplexities (FP32, W3) dashed.
 void write_sweep_svg(const std::string& path, const std::vector<int>& Ls,
-                     const std::map<std::string, std::vector<double>>& lines, double fp32,
-                     int n_layers, const std::string& model) {
+                     const std::map<std::string, std::vector<double>>& lines,
+                     const std::vector<std::pair<std::string, double>>& references, int n_layers,
+                     const std::string& model) {
     std::ofstream f(path);
     detail::require(bool(f), [&] { return "w2a4kv4: cannot write " + path; });
     const double W = 640, H = 400, left = 70, right = 150, top = 50, bottom = 50;
-    double lo = fp32, hi = fp32;
+    double lo = references.front().second, hi = lo;
+    for (const auto& [name, y] : references) lo = std::min(lo, y), hi = std::max(hi, y);
     for (const auto& [name, ys] : lines)
         for (double y : ys) lo = std::min(lo, y), hi = std::max(hi, y);
     lo *= 0.95, hi *= 1.05;
@@ -151,22 +154,36 @@ void write_sweep_svg(const std::string& path, const std::vector<int>& Ls,
       << "' text-anchor='middle'>L (blocks at W2)</text>\n<text x='16' y='"
       << (top + H - bottom) / 2 << "' transform='rotate(-90 16 " << (top + H - bottom) / 2
       << ")' text-anchor='middle'>perplexity (log scale)</text>\n";
-    f << "<line x1='" << left << "' x2='" << W - right << "' y1='" << py(fp32) << "' y2='"
-      << py(fp32) << "' stroke='#555' stroke-dasharray='4 3'/><text x='" << W - right + 6 << "' y='"
-      << py(fp32) + 4 << "'>FP32 " << std::round(fp32 * 100) / 100 << "</text>\n";
+    // Right-hand labels, pushed apart where they would overlap.
+    struct label {
+        double y;
+        std::string text, color;
+    };
+    std::vector<label> labels;
+    for (const auto& [name, value] : references) {
+        f << "<line x1='" << left << "' x2='" << W - right << "' y1='" << py(value) << "' y2='"
+          << py(value) << "' stroke='#555' stroke-dasharray='4 3'/>\n";
+        labels.push_back({py(value) + 4, name + " " + std::to_string(value).substr(0, 5), "#555"});
+    }
     const char* colors[] = {"#c0392b", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"};
     std::size_t i = 0;
     for (const auto& [name, ys] : lines) {
         const char* col = colors[i++ % 5];
+        labels.push_back({py(ys.back()) + 4, name, col});
         f << "<polyline fill='none' stroke='" << col << "' stroke-width='2' points='";
         for (std::size_t k = 0; k < ys.size(); ++k) f << px(Ls[k]) << "," << py(ys[k]) << " ";
         f << "'/>\n";
         for (std::size_t k = 0; k < ys.size(); ++k)
             f << "<circle cx='" << px(Ls[k]) << "' cy='" << py(ys[k]) << "' r='3' fill='" << col
               << "'/>\n";
-        f << "<text x='" << W - right + 6 << "' y='" << py(ys.back()) + 4 << "' fill='" << col
-          << "'>" << name << "</text>\n";
     }
+    std::sort(labels.begin(), labels.end(),
+              [](const label& a, const label& b) { return a.y < b.y; });
+    for (std::size_t k = 1; k < labels.size(); ++k)
+        labels[k].y = std::max(labels[k].y, labels[k - 1].y + 14);
+    for (const auto& l : labels)
+        f << "<text x='" << W - right + 6 << "' y='" << l.y << "' fill='" << l.color << "'>"
+          << l.text << "</text>\n";
     f << "</svg>\n";
 }
 
@@ -419,7 +436,10 @@ int main(int argc, char** argv) {
         }
         if (!opt.svg.empty()) {
             const auto slash = opt.model.find_last_of('/');
-            write_sweep_svg(opt.svg, opt.sweep, lines, rows.front().r.perplexity, int(n_layers),
+            // Dashed references: FP32, and W3A4KV4 (GPTQ seq) when it was evaluated.
+            std::vector<std::pair<std::string, double>> refs{{"FP32", rows.front().r.perplexity}};
+            if (sequential_ppl.count("int3")) refs.emplace_back("W3A4KV4", sequential_ppl["int3"]);
+            write_sweep_svg(opt.svg, opt.sweep, lines, refs, int(n_layers),
                             opt.model.substr(slash == std::string::npos ? 0 : slash + 1));
             if (!opt.csv) std::printf("wrote %s\n", opt.svg.c_str());
         }
