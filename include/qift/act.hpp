@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// A4 activation quantization (QuaRot, arXiv 2404.00456): per-token symmetric INT4 codes with one float
-// scale per token, laid out for the integer GEMV/GEMM kernels.
+// A4 activation quantization (QuaRot, arXiv 2404.00456): per-token symmetric INT4 codes with one
+// float scale per token, laid out for the integer GEMV/GEMM kernels.
 #pragma once
 
 #include <algorithm>
