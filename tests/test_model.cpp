@@ -415,6 +415,12 @@ TEST_CASE("bad input: ids out of range or too few, empty id files, a state overf
                                 const site_statistics&) { return linear(m); },
                              {}, std::vector<int>(10, 1)),
                          doctest::Contains("10 ids hold no whole window"), error);
+    CHECK_THROWS_WITH_AS(
+        build_model(w,
+                    [](std::size_t, linear_id, const matrix<float>& m) {
+                        return linear(matrix<float>(m.rows() + 1, m.cols()));
+                    }),
+        doctest::Contains("the linear made for wq of block 0 is 65x64, its weights 64x64"), error);
     llama_state s(f, 4);
     const std::vector<int> five{1, 2, 3, 4, 5}, bad{1, -3};
     CHECK_THROWS_WITH_AS(

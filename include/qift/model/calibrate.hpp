@@ -200,8 +200,10 @@ inline llama_model quantize_calibrated(
                 ss.tokens += xh.rows();
             }
         }
-        for (linear_id id : all_linears)
+        for (linear_id id : all_linears) {
             qm.layers[l][id] = make(l, id, w.layers[l][id], st[static_cast<unsigned>(site_of(id))]);
+            detail::check_made_linear(l, id, w.layers[l][id], qm.layers[l][id]);
+        }
         sq.observe({});
         sf.observe({});
         if (sequential) {

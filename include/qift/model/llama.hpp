@@ -128,7 +128,23 @@ struct llama_model {
 /// Makes linear `id` of block `layer` from its float weights W [out][in].
 using linear_maker = std::function<linear(std::size_t layer, linear_id id, const matrix<float>& w)>;
 
-/// The model with every block linear made by `make` (the classifier stays float32).
+namespace detail {
+
+/// A made linear must have the shape of the weights it was made from.
+inline void check_made_linear(std::size_t layer, linear_id id, const matrix<float>& w,
+                              const linear& made) {
+    require(made.rows() == w.rows() && made.cols() == w.cols(), [&] {
+        return "build_model: the linear made for " + std::string(name_of(id)) + " of block " +
+               std::to_string(layer) + " is " + std::to_string(made.rows()) + "x" +
+               std::to_string(made.cols()) + ", its weights " + std::to_string(w.rows()) + "x" +
+               std::to_string(w.cols());
+    });
+}
+
+}  // namespace detail
+
+/// The model with every block linear made by `make` (the classifier stays float32). Throws
+/// qift::error when a made linear's shape is not its weights'.
 inline llama_model build_model(const llama_weights& w, const linear_maker& make,
                                kv_format kv = {}) {
     llama_model m;
@@ -138,7 +154,10 @@ inline llama_model build_model(const llama_weights& w, const linear_maker& make,
         auto& b = m.layers.emplace_back();
         b.rms_att = w.layers[l].rms_att;
         b.rms_ffn = w.layers[l].rms_ffn;
-        for (linear_id id : all_linears) b[id] = make(l, id, w.layers[l][id]);
+        for (linear_id id : all_linears) {
+            b[id] = make(l, id, w.layers[l][id]);
+            detail::check_made_linear(l, id, w.layers[l][id], b[id]);
+        }
     }
     m.rms_final = w.rms_final;
     m.classifier = linear(w.classifier);
