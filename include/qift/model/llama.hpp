@@ -252,7 +252,8 @@ using site_observer =
 
 /// What a forward pass keeps between calls: one KV cache per layer, the position, the RoPE
 /// tables and the activation workspace (buffers grow to the largest M seen and are then
-/// reused, so steady-state calls do not allocate).
+/// reused: after warm-up the activations, A4 codes and padded kernel inputs allocate nothing;
+/// the attention's per-call score buffers and the float GEMM's packed panel still do).
 class llama_state {
   public:
     /// State for `m` holding up to `capacity` tokens (default: the model's context).
