@@ -163,7 +163,9 @@ void write_sweep_svg(const std::string& path, const std::vector<int>& Ls,
     for (const auto& [name, value] : references) {
         f << "<line x1='" << left << "' x2='" << W - right << "' y1='" << py(value) << "' y2='"
           << py(value) << "' stroke='#555' stroke-dasharray='4 3'/>\n";
-        labels.push_back({py(value) + 4, name + " " + std::to_string(value).substr(0, 5), "#555"});
+        char text[64];
+        std::snprintf(text, sizeof text, "%s %.2f", name.c_str(), value);
+        labels.push_back({py(value) + 4, text, "#555"});
     }
     const char* colors[] = {"#c0392b", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"};
     std::size_t i = 0;
