@@ -17,6 +17,7 @@
 #include "model/llama2c.hpp"
 #include "model/quarot.hpp"
 #include "model/tokenizer.hpp"
+#include "mx.hpp"
 #include "npy.hpp"
 #include "pack.hpp"
 #include "scale.hpp"
