@@ -182,7 +182,6 @@ class linear {
     std::string_view format() const noexcept { return name_; }
     const input_quantization& input() const noexcept { return in_; }
     const linear_storage& storage() const noexcept { return w_; }
-    bool empty() const noexcept { return rows() == 0; }
 
     /// y [x.rows][rows()] = the layer applied to every token of `in` (x.cols == cols()).
     /// Throws qift::error on a shape mismatch or a non-finite input value.
