@@ -158,3 +158,43 @@ TEST_CASE("ggml's block_mxfp4 bytes: the layout by hand and a lossless round tri
     CHECK_THROWS_WITH_AS(quantize_mxfp4(matrix_view<const float>()), doctest::Contains("empty"),
                          error);
 }
+
+TEST_CASE("the MXFP4 GEMV references equal the dequantized products") {
+    std::mt19937 gen(11);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (auto [rows, cols] : {std::pair<std::size_t, std::size_t>{1, 32}, {7, 45}, {33, 100}}) {
+        matrix<float> w(rows, cols), x(1, cols);
+        for (float& v : w.flat()) v = nd(gen);
+        for (float& v : x.flat()) v = nd(gen) * 3.0f;
+        const mxfp4_matrix qw = quantize_mxfp4(w), qx = quantize_mxfp4(x);
+        const matrix<float> dw = dequantize(qw), dx = dequantize(qx);
+        std::vector<float> y(rows), yf(rows);
+        gemv_reference(qw, qx, y);
+        gemv_reference(qw, x.row(0), yf);
+        for (std::size_t r = 0; r < rows; ++r) {
+            double e = 0, ef = 0, mag = 0;
+            for (std::size_t k = 0; k < cols; ++k) {
+                e += double(dw(r, k)) * dx(0, k);
+                ef += double(dw(r, k)) * x(0, k);
+                mag += std::fabs(double(dw(r, k)) * x(0, k));
+            }
+            CHECK(std::fabs(y[r] - e) <= 1e-6 * mag);
+            CHECK(std::fabs(yf[r] - ef) <= 1e-6 * mag);
+        }
+    }
+    // NaN blocks make their rows NaN; shapes are checked.
+    matrix<float> w(2, 64, 1.0f);
+    w(1, 40) = NAN;
+    const mxfp4_matrix qw = quantize_mxfp4(w);
+    const std::vector<float> x(64, 1.0f);
+    std::vector<float> y(2);
+    gemv_reference(qw, x, y);
+    CHECK(y[0] == 64.0f);
+    CHECK(std::isnan(y[1]));
+    gemv_reference(qw, quantize_mxfp4(matrix_view<const float>(x.data(), 1, 64)), y);
+    CHECK(y[0] == 64.0f);
+    CHECK(std::isnan(y[1]));
+    std::vector<float> y3(3);
+    CHECK_THROWS_WITH_AS(gemv_reference(qw, x, y3), doctest::Contains("y 3"), error);
+    CHECK_THROWS_WITH_AS(gemv_reference(qw, qw, y), doctest::Contains("2 rows, expected 1"), error);
+}

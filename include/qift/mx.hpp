@@ -186,6 +186,79 @@ inline matrix<float> dequantize(const mxfp4_matrix& q) {
     return out;
 }
 
+namespace detail {
+
+/// E2M1 values doubled, by code: the integers {0, 1, 2, 3, 4, 6, 8, 12} and their negatives, so a
+/// block's dot product of codes is exact in int32 (|Σ| ≤ 32·144) and scaled by 2^(e_w + e_a − 2).
+inline constexpr std::array<std::int32_t, 16> e2m1_doubled = [] {
+    std::array<std::int32_t, 16> t{};
+    for (std::size_t c = 0; c < 16; ++c)
+        t[c] = static_cast<std::int32_t>(levels::e2m1::levels[c] * 2.0f);
+    return t;
+}();
+static_assert(e2m1_doubled[7] == 12 && e2m1_doubled[15] == -12 && e2m1_doubled[9] == -1);
+
+inline void check_mx_gemv(const mxfp4_matrix& w, std::size_t x_cols, std::size_t y_size,
+                          const char* fn) {
+    require(x_cols == w.cols() && y_size == w.rows(), [&] {
+        return std::string(fn) + ": x has " + std::to_string(x_cols) + " values, y " +
+               std::to_string(y_size) + "; the weights are " + std::to_string(w.rows()) + "x" +
+               std::to_string(w.cols());
+    });
+}
+
+}  // namespace detail
+
+/// Scalar reference of the MXFP4 × MXFP4 GEMV (the oracle of the kernels to come): a is one
+/// token quantized with quantize_mxfp4 (1 × w.cols()), and y[r] = Σ_b 2^(e_w(r,b) + e_a(b) − 2) ·
+/// Σ_j 2w_j·2a_j, the inner sums exact in int32, the blocks added in order in float. A NaN block
+/// on either side makes its row NaN. Throws qift::error on a shape mismatch.
+inline void gemv_reference(const mxfp4_matrix& w, const mxfp4_matrix& a, std::span<float> y) {
+    detail::require(a.rows() == 1, [&] {
+        return "gemv_reference: MXFP4 activations have " + std::to_string(a.rows()) +
+               " rows, expected 1";
+    });
+    detail::check_mx_gemv(w, a.cols(), y.size(), "gemv_reference");
+    for (std::size_t r = 0; r < w.rows(); ++r) {
+        float acc = 0.0f;
+        for (std::size_t b = 0; b < w.blocks_per_row(); ++b) {
+            const std::uint8_t sw = w.row_scales(r)[b], sa = a.row_scales(0)[b];
+            if (sw == e8m0_nan || sa == e8m0_nan) {
+                acc = NAN;
+                break;
+            }
+            std::int32_t dot = 0;
+            for (std::size_t j = 0; j < mx_block_size; ++j)
+                dot += detail::e2m1_doubled[w.code(r, b * mx_block_size + j)] *
+                       detail::e2m1_doubled[a.code(0, b * mx_block_size + j)];
+            acc += std::ldexp(static_cast<float>(dot), int(sw) + int(sa) - 254 - 2);
+        }
+        y[r] = acc;
+    }
+}
+
+/// Scalar reference of the MXFP4 × float GEMV: y[r] = Σ_b 2^e_w(r,b) · Σ_j E2M1(w_j)·x_j, x of
+/// w.cols() floats, in float. Throws qift::error on a shape mismatch.
+inline void gemv_reference(const mxfp4_matrix& w, std::span<const float> x, std::span<float> y) {
+    detail::check_mx_gemv(w, x.size(), y.size(), "gemv_reference");
+    for (std::size_t r = 0; r < w.rows(); ++r) {
+        float acc = 0.0f;
+        for (std::size_t b = 0; b < w.blocks_per_row(); ++b) {
+            const std::uint8_t sw = w.row_scales(r)[b];
+            if (sw == e8m0_nan) {
+                acc = NAN;
+                break;
+            }
+            float dot = 0.0f;
+            for (std::size_t k = b * mx_block_size; k < std::min(w.cols(), (b + 1) * mx_block_size);
+                 ++k)
+                dot += levels::e2m1::levels[w.code(r, k)] * x[k];
+            acc += std::ldexp(dot, int(sw) - 127);
+        }
+        y[r] = acc;
+    }
+}
+
 /// ggml's block_mxfp4 bytes of q: for each row, each block as {e8m0 scale byte, 16 code bytes}
 /// (17 bytes; ggml reads 2^(e − 128) times its doubled table {0, 1, 2, 3, 4, 6, 8, 12}, the same
 /// value). ggml rows hold whole blocks: throws qift::error when cols is not a multiple of 32.
