@@ -21,4 +21,6 @@
 #include "npy.hpp"
 #include "pack.hpp"
 #include "scale.hpp"
+#include "smooth.hpp"
 #include "stats.hpp"
+#include "torq.hpp"

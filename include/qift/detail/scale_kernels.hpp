@@ -103,6 +103,19 @@ inline xsimd::batch<float, Arch> pow_nonnegative(xsimd::batch<float, Arch> d,
 // ---------------------------------------------------------------------------------------
 // Quantization error
 
+/// The dequantized value of the level nearest to u = w/scale + zero, recon[k] being
+/// scale·(sorted[k] − zero): count − 1 compare/selects against the sorted thresholds (a tie goes
+/// to the lower level, as level_traits::encode), no table lookups.
+template <level_set L, class Arch>
+xsimd::batch<float, Arch> nearest_level_value(
+    xsimd::batch<float, Arch> u, const std::array<float, level_traits<L>::count>& recon) noexcept {
+    using batch = xsimd::batch<float, Arch>;
+    batch q(recon[0]);
+    for (std::size_t k = 0; k + 1 < level_traits<L>::count; ++k)
+        q = xsimd::select(u > batch(level_traits<L>::thresholds[k]), batch(recon[k + 1]), q);
+    return q;
+}
+
 /// xsimd kernel: the same sum, nearest level picked by comparing against the sorted
 /// thresholds (count − 1 compare/selects per batch, no table lookups), |d|^e by
 /// pow_nonnegative (relative error ≤ 1.5e-6 per term at weight scales; exact for integer e).
@@ -125,10 +138,7 @@ struct quantization_error_kernel {
             batch acc(0.0f);
             for (std::size_t i = 0; i < vec_end; i += width) {
                 const batch x = batch::load_unaligned(w.data() + i);
-                const batch u = xsimd::fma(x, inv, z);
-                batch q(recon[0]);
-                for (std::size_t k = 0; k + 1 < T::count; ++k)
-                    q = xsimd::select(u > batch(T::thresholds[k]), batch(recon[k + 1]), q);
+                const batch q = nearest_level_value<L>(xsimd::fma(x, inv, z), recon);
                 acc += power(xsimd::abs(x - q));
             }
             return acc;
