@@ -16,6 +16,8 @@
 #include <qift/gemm.hpp>
 #include <qift/gemv.hpp>
 
+#include "bench_support.hpp"
+
 #if defined(QIFT_HAVE_OPENBLAS)
 #include <cblas.h>
 extern "C" void openblas_set_num_threads(int);
@@ -92,22 +94,8 @@ void use_threads(int threads) {
 }
 
 // Copies cycled in the cold runs: at least 256 MiB in total, well beyond the L3.
-std::size_t cold_copies(std::size_t bytes) {
-    return std::max<std::size_t>(2, (std::size_t{256} << 20) / bytes + 1);
-}
-
-template <class L>
-qift::packed_matrix<L> random_packed(std::size_t n, std::size_t k, unsigned seed) {
-    std::mt19937 gen(seed);
-    qift::matrix<std::uint8_t> codes(n, k);
-    for (auto& c : codes.flat())
-        c = static_cast<std::uint8_t>(gen() % qift::level_traits<L>::count);
-    qift::matrix<float> scales(n, 1, 0.01f);
-    qift::matrix<float> zeros = qift::level_traits<L>::has_zero_point
-                                    ? qift::matrix<float>(n, 1, 1.0f)
-                                    : qift::matrix<float>();
-    return qift::packed_matrix<L>(qift::quantized_matrix<L>(codes, scales, zeros, k));
-}
+using bench::cold_copies;
+using bench::random_packed;
 
 std::vector<float> random_floats(std::size_t n, unsigned seed) {
     std::mt19937 gen(seed);
@@ -163,36 +151,6 @@ void bm_w2a16(benchmark::State& st) {
     });
 }
 
-// int8 × int8 GEMV baseline: y[r] = Σ w[r][k]·a[k] in int32 (AVX-512 VNNI: |w| as unsigned
-// bytes times a with w's sign applied; scalar elsewhere).
-void int8_gemv_rows(const std::int8_t* w, const std::int8_t* a, std::size_t k, std::size_t r0,
-                    std::size_t r1, std::int32_t* y) {
-    for (std::size_t r = r0; r < r1; ++r) {
-        const std::int8_t* wr = w + r * k;
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-        __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
-        const __m512i zero = _mm512_setzero_si512();
-        for (std::size_t j = 0; j < k; j += 128) {
-            for (int h = 0; h < 2; ++h) {
-                const __m512i wv = _mm512_load_si512(wr + j + 64 * h);
-                const __m512i av = _mm512_load_si512(a + j + 64 * h);
-                const __mmask64 neg = _mm512_movepi8_mask(wv);
-                const __m512i as = _mm512_mask_sub_epi8(av, neg, zero, av);
-                if (h == 0)
-                    acc0 = _mm512_dpbusd_epi32(acc0, _mm512_abs_epi8(wv), as);
-                else
-                    acc1 = _mm512_dpbusd_epi32(acc1, _mm512_abs_epi8(wv), as);
-            }
-        }
-        y[r] = _mm512_reduce_add_epi32(_mm512_add_epi32(acc0, acc1));
-#else
-        std::int32_t s = 0;
-        for (std::size_t j = 0; j < k; ++j) s += std::int32_t{wr[j]} * std::int32_t{a[j]};
-        y[r] = s;
-#endif
-    }
-}
-
 void bm_int8(benchmark::State& st) {
     const auto n = std::size_t(st.range(0)), k = std::size_t(st.range(1));
     use_threads(int(st.range(2)));
@@ -210,7 +168,7 @@ void bm_int8(benchmark::State& st) {
     for (auto _ : st) {
         const std::int8_t* wp = w[i].data();
         qift::parallel_for((n + 15) / 16, [&](std::size_t b, std::size_t e) {
-            int8_gemv_rows(wp, a.data(), k, b * 16, std::min(n, e * 16), y.data());
+            bench::int8_gemv_rows(wp, a.data(), k, b * 16, std::min(n, e * 16), y.data());
         });
         benchmark::DoNotOptimize(y.data());
         benchmark::ClobberMemory();
@@ -228,23 +186,13 @@ void bm_read(benchmark::State& st) {
     const std::size_t copies = st.range(3) ? cold_copies(bytes) : 1;
     std::vector<qift::aligned_vector<std::uint64_t>> buf(
         copies, qift::aligned_vector<std::uint64_t>(bytes / 8, 1));
-    using batch = xsimd::batch<std::uint64_t>;
-    constexpr std::size_t w = batch::size;
     std::uint64_t sink[2] = {0, 0};
     std::size_t i = 0;
     for (auto _ : st) {
         const std::uint64_t* p = buf[i].data();
         const std::size_t words = bytes / 8, chunk = 4096;
         qift::parallel_for((words + chunk - 1) / chunk, [&](std::size_t b, std::size_t e) {
-            batch s0(0), s1(0), s2(0), s3(0);
-            const std::size_t end = std::min(words, e * chunk);
-            for (std::size_t j = b * chunk; j < end; j += 4 * w) {
-                s0 += batch::load_aligned(p + j);
-                s1 += batch::load_aligned(p + j + w);
-                s2 += batch::load_aligned(p + j + 2 * w);
-                s3 += batch::load_aligned(p + j + 3 * w);
-            }
-            sink[b == 0 ? 0 : 1] += qift::detail::reduce_add((s0 + s1) + (s2 + s3));
+            sink[b == 0 ? 0 : 1] += bench::read_words(p, b * chunk, std::min(words, e * chunk));
         });
         benchmark::DoNotOptimize(sink);
         i = i + 1 == copies ? 0 : i + 1;

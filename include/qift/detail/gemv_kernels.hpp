@@ -569,8 +569,12 @@ struct integer_dot_lut_madd {
 
     /// The tile without VNNI (AVX-512BW or AVX2): vpshufb decode, vpmaddubsw + vpmaddwd.
     template <int R, int Tk, bool Wide, class L>
-    static void maddubs_tile(const std::uint8_t* w, std::size_t w_stride, std::size_t blocks,
-                             const std::int8_t* a, std::size_t a_stride, const std::int32_t* asum,
+    // Without AVX-512BW or AVX2 the body is empty (never called): hence [[maybe_unused]].
+    static void maddubs_tile([[maybe_unused]] const std::uint8_t* w,
+                             [[maybe_unused]] std::size_t w_stride,
+                             [[maybe_unused]] std::size_t blocks,
+                             [[maybe_unused]] const std::int8_t* a,
+                             [[maybe_unused]] std::size_t a_stride, const std::int32_t* asum,
                              std::int32_t* out, std::size_t ldo) noexcept {
         using T = integer_dot_tables<L>;
         // Table 0 decodes the code in bits 0-1 of a 4-bit index, table 1 the code in bits 2-3
@@ -794,10 +798,12 @@ struct float_dot_lut_fma {
     }
 
     template <int R, int Tk, bool Wide, unsigned Bits>
-    static void tile(const std::uint8_t* w, std::size_t w_stride, std::size_t blocks,
-                     const float* lut, const float* x, std::size_t x_stride, float* out,
-                     std::size_t ldo) noexcept {
-        using P = packed_codes<Bits>;
+    // Without AVX-512F or AVX2 the body is empty (never called): hence [[maybe_unused]].
+    static void tile([[maybe_unused]] const std::uint8_t* w, [[maybe_unused]] std::size_t w_stride,
+                     [[maybe_unused]] std::size_t blocks, [[maybe_unused]] const float* lut,
+                     [[maybe_unused]] const float* x, [[maybe_unused]] std::size_t x_stride,
+                     float* out, std::size_t ldo) noexcept {
+        using P [[maybe_unused]] = packed_codes<Bits>;
         float res[R][Tk];
         if constexpr (Wide) {
 #if defined(__AVX512F__)
