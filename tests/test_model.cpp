@@ -240,6 +240,34 @@ TEST_CASE("QuaRot and FFN channel scales leave the float model's logits unchange
     CHECK_THROWS_WITH_AS(quarot(w, opt), doctest::Contains("FFN scale vectors"), error);
 }
 
+TEST_CASE("online input-site rotations folded into the linears leave the float logits unchanged") {
+    if (!have(tiny_path)) return;
+    const auto w = llama_weights::from(load_llama2c(tiny_path));
+    const auto toks = random_tokens(40, w.config.vocab_size, 4);
+    const matrix<float> base = prefill_logits(float_model(w), toks);
+    // A different rotation per (layer, site): W·Q folded, rows·Q applied online.
+    std::vector<std::vector<rotation>> rots(w.layers.size());
+    for (std::size_t l = 0; l < w.layers.size(); ++l)
+        for (std::size_t s = 0; s < site_count; ++s) {
+            const std::size_t n =
+                s == 3 ? std::size_t(w.config.hidden_dim) : std::size_t(w.config.dim);
+            rots[l].push_back(rotation::for_size(n, 100 + 4 * l + s));
+        }
+    llama_model m = build_model(w, [&](std::size_t l, linear_id id, const matrix<float>& wt) {
+        matrix<float> wr = wt;
+        rots[l][static_cast<std::size_t>(site_of(id))].fold_into_input(wr);
+        return linear(wr);
+    });
+    CHECK(worst_rows(prefill_logits(m, toks), base) > 1e-2);  // without the online half
+    for (std::size_t l = 0; l < w.layers.size(); ++l)
+        for (std::size_t s = 0; s < site_count; ++s)
+            m.layers[l].input_rotation[s] = [&r = rots[l][s]](matrix_view<float> x) {
+                r.rotate_rows(x);
+            };
+    CHECK(worst_rows(prefill_logits(m, toks), base) < 1e-4);
+    CHECK(worst_rows(decode_logits(m, toks), base) < 1e-4);
+}
+
 TEST_CASE("the packed model matches its fake-quant twin on prose6M (integer and W2A16 paths)") {
     if (!have(prose_path)) return;
     const auto ckpt = load_llama2c(prose_path);
@@ -484,9 +512,12 @@ TEST_CASE("linear: every format and input path equals the dequantized float prod
     for (std::size_t tokens : {1u, 5u}) {
         matrix<float> x(tokens, cols);
         for (float& v : x.flat()) v = nd(gen);
-        // Reference: y = x_in · W_deqᵀ in double, x_in the A4 round trip when quantized.
-        const auto expect = [&](const matrix<float>& wd, bool a4) {
-            const matrix<float> xin = a4 ? dequantize(quantize_activations(x.view(), 0.9f)) : x;
+        // Reference: y = x_in · W_deqᵀ in double, x_in the A4 or MXFP4 round trip when
+        // quantized.
+        const auto expect = [&](const matrix<float>& wd, const input_quantization& q) {
+            const matrix<float> xin = q.a4()   ? dequantize(quantize_activations(x.view(), 0.9f))
+                                      : q.mx() ? dequantize(quantize_mxfp4(x))
+                                               : x;
             matrix<double> y(tokens, rows);
             for (std::size_t t = 0; t < tokens; ++t)
                 for (std::size_t r = 0; r < rows; ++r)
@@ -494,27 +525,31 @@ TEST_CASE("linear: every format and input path equals the dequantized float prod
                         y(t, r) += double(xin(t, k)) * double(wd(r, k));
             return y;
         };
-        const auto check = [&](const linear& l, const matrix<float>& wd, bool a4) {
+        const auto check = [&](const linear& l, const matrix<float>& wd) {
             linear_input in;
             in.reset(x);
             matrix<float> y(tokens, rows);
             l.forward(in, y);
-            const matrix<double> e = expect(wd, a4);
+            const matrix<double> e = expect(wd, l.input());
             double worst = 0, scale = 0;
             for (std::size_t i = 0; i < y.size(); ++i)
                 worst = std::max(worst, std::fabs(double(y.data()[i]) - e.data()[i])),
                 scale = std::max(scale, std::fabs(e.data()[i]));
-            INFO(l.format() << (a4 ? " A4" : " float input") << ", " << tokens << " tokens");
+            INFO(l.format() << " input " << int(l.input().kind) << ", " << tokens << " tokens");
             CHECK(worst <= 1e-5 * scale);
         };
         const auto a4 = input_quantization::a4_per_token(0.9f);
-        check(linear(w), w, false);
-        check(linear(w, a4), w, true);
+        const auto mx = input_quantization::mxfp4();
+        const auto none = input_quantization::none();
+        check(linear(w), w);
+        check(linear(w, a4), w);
+        check(linear(w, mx), w);
+        const mxfp4_matrix wmx = quantize_mxfp4(w);
+        for (const auto& in : {none, a4, mx}) check(linear(wmx, in), dequantize(wmx));
         const auto each = [&](auto set) {
             using L = decltype(set);
             const auto q = quantize<L>(w);
-            check(linear(q, a4), q.dequantize(), true);
-            check(linear(q, input_quantization::none()), q.dequantize(), false);
+            for (const auto& in : {none, a4, mx}) check(linear(q, in), q.dequantize());
         };
         each(levels::mnz{}), each(levels::pot_mnz{}), each(levels::standard{});
         each(levels::asymmetric{}), each(levels::int4{}), each(levels::int3{});

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// One linear layer of a model in any qift weight format (float32, or packed codes of a level set)
-// with its input quantization (none, or A4 per token), run on M tokens at once.
+// One linear layer of a model in any qift weight format (float32, packed codes of a level set, or
+// MXFP4) with its input quantization (none, A4 per token, or MXFP4), run on M tokens at once.
 #pragma once
 
 #include <algorithm>
@@ -17,34 +17,44 @@
 #include "../gemm.hpp"
 #include "../gemv.hpp"
 #include "../levels.hpp"
+#include "../mx.hpp"
 #include "../scale.hpp"
 
 namespace qift {
 
-/// How a linear quantizes its input before the product: not at all (float activations), or
-/// per-token symmetric INT4 (A4, act.hpp) with a clip ratio and code range.
+/// How a linear quantizes its input before the product: not at all (float activations),
+/// per-token symmetric INT4 (A4, act.hpp) with a clip ratio and code range, or MXFP4 (mx.hpp:
+/// blocks of 32 along the row, E8M0 scales, E2M1 elements rounded by `rounding`).
 struct input_quantization {
-    bool a4 = false;
-    float clip = 0.9f;
-    a4_range range = a4_range::symmetric;
+    enum class format { none, a4, mxfp4 };
+    format kind = format::none;
+    float clip = 0.9f;                            ///< A4 only
+    a4_range range = a4_range::symmetric;         ///< A4 only
+    mx_rounding rounding = mx_rounding::nearest;  ///< MXFP4 only
 
     static constexpr input_quantization none() noexcept { return {}; }
     static constexpr input_quantization a4_per_token(float clip = 0.9f) noexcept {
-        return {true, clip, a4_range::symmetric};
+        return {format::a4, clip, a4_range::symmetric};
     }
+    static constexpr input_quantization mxfp4(mx_rounding r = mx_rounding::nearest) noexcept {
+        return {format::mxfp4, 0.9f, a4_range::symmetric, r};
+    }
+    bool a4() const noexcept { return kind == format::a4; }
+    bool mx() const noexcept { return kind == format::mxfp4; }
+    bool quantized() const noexcept { return kind != format::none; }
     bool operator==(const input_quantization&) const = default;
 };
 
 /// The input of one or more linears (q, k and v share one; so do gate and up): x [tokens][cols]
-/// and, computed on first request and reused by every linear that shares the input, its A4
-/// quantization, its dequantized form and copies padded to the packed kernels' row length. All
-/// buffers keep their storage across reset(): after warm-up no call allocates.
+/// and, computed on first request and reused by every linear that shares the input, its A4 or
+/// MXFP4 quantization, its dequantized form and copies padded to the packed kernels' row
+/// length. All buffers keep their storage across reset(): after warm-up no call allocates.
 class linear_input {
   public:
     /// A new input (the view must outlive the linears' forward calls). Invalidates the caches.
     void reset(matrix_view<const float> x) noexcept {
         x_ = x;
-        a4_valid_ = dequantized_valid_ = padded_valid_ = false;
+        a4_valid_ = mx_valid_ = dequantized_valid_ = padded_valid_ = false;
     }
     matrix_view<const float> x() const noexcept { return x_; }
 
@@ -59,19 +69,44 @@ class linear_input {
         return a4_;
     }
 
-    /// scale·code of a4(q) as floats [tokens][cols], rows padded with zeros to `padded_cols`
-    /// (the view's stride), as the packed float kernels read them.
-    matrix_view<const float> a4_dequantized(const input_quantization& q, std::size_t padded_cols) {
-        const quantized_activations& a = a4(q);
-        if (!dequantized_valid_ || dequantized_stride_ != padded_cols) {
-            dequantized_.assign(a.tokens * padded_cols, 0.0f);
-            for (std::size_t t = 0; t < a.tokens; ++t)
-                for (std::size_t k = 0; k < a.cols; ++k)
-                    dequantized_[t * padded_cols + k] = a.scales[t] * float(a.code(t, k));
+    /// The MXFP4 blocks of x for `q` (computed once per reset and rounding mode).
+    const mxfp4_matrix& mx(const input_quantization& q) {
+        if (!mx_valid_ || mx_rounding_ != q.rounding) {
+            quantize_mxfp4(x_, mx_, q.rounding);
+            mx_rounding_ = q.rounding;
+            mx_valid_ = true;
+            dequantized_valid_ = false;
+        }
+        return mx_;
+    }
+
+    /// The values a quantized input `q` (A4 or MXFP4) stands for, as floats [tokens][cols],
+    /// rows padded with zeros to `padded_cols` (the view's stride), as the float kernels read
+    /// them (fake quantization, and weights without an integer kernel for that input).
+    matrix_view<const float> dequantized(const input_quantization& q, std::size_t padded_cols) {
+        if (q.a4()) a4(q);
+        if (q.mx()) mx(q);
+        if (!dequantized_valid_ || dequantized_stride_ != padded_cols || dequantized_of_ != q) {
+            dequantized_.assign(x_.rows * padded_cols, 0.0f);
+            for (std::size_t t = 0; t < x_.rows; ++t) {
+                float* out = dequantized_.data() + t * padded_cols;
+                if (q.a4()) {
+                    for (std::size_t k = 0; k < x_.cols; ++k)
+                        out[k] = a4_.scales[t] * float(a4_.code(t, k));
+                } else {
+                    for (std::size_t k = 0; k < x_.cols; ++k) {
+                        const std::uint8_t s = mx_.row_scales(t)[k / mx_block_size];
+                        out[k] = s == e8m0_nan ? NAN
+                                               : std::ldexp(levels::e2m1::levels[mx_.code(t, k)],
+                                                            int(s) - 127);
+                    }
+                }
+            }
             dequantized_stride_ = padded_cols;
+            dequantized_of_ = q;
             dequantized_valid_ = true;
         }
-        return {dequantized_.data(), a.tokens, a.cols, padded_cols};
+        return {dequantized_.data(), x_.rows, x_.cols, padded_cols};
     }
 
     /// x copied into rows of `padded_cols` floats, zeros past cols.
@@ -89,10 +124,12 @@ class linear_input {
   private:
     matrix_view<const float> x_;
     quantized_activations a4_;
-    input_quantization a4_params_;
+    input_quantization a4_params_, dequantized_of_;
+    mxfp4_matrix mx_;
+    mx_rounding mx_rounding_ = mx_rounding::nearest;
     aligned_vector<float> dequantized_, padded_;
     std::size_t dequantized_stride_ = 0, padded_stride_ = 0;
-    bool a4_valid_ = false, dequantized_valid_ = false, padded_valid_ = false;
+    bool a4_valid_ = false, mx_valid_ = false, dequantized_valid_ = false, padded_valid_ = false;
 };
 
 /// Float32 weights kept as −Wᵀ [in][out], the operand layout of detail::gemm_sub (C −= A·B)
@@ -141,23 +178,25 @@ class float_weights {
     matrix<float> neg_t_;
 };
 
-/// The packed level sets a `linear` can hold (a closed list, so that a forward call is one
+/// The weight formats a `linear` can hold (a closed list, so that a forward call is one
 /// variant dispatch and no virtual call). A set outside it is rejected at compile time.
 using linear_storage =
     std::variant<float_weights, packed_matrix<levels::int4>, packed_matrix<levels::int3>,
                  packed_matrix<levels::standard>, packed_matrix<levels::asymmetric>,
                  packed_matrix<levels::mnz>, packed_matrix<levels::pot_mnz>,
                  packed_matrix<levels::nf2>, packed_matrix<levels::lloyd>,
-                 packed_matrix<levels::pm12>, packed_matrix<levels::ternary>>;
+                 packed_matrix<levels::pm12>, packed_matrix<levels::ternary>, mxfp4_matrix>;
 
 /// A linear layer y = W·x for M tokens: the weights in one of the formats of linear_storage and
 /// how the input is quantized. Formats and paths:
 ///   float weights,  input none       float GEMM (float model)
-///   float weights,  input A4         A4 quantize-dequantize, float GEMM (fake-quant twin)
+///   float weights,  input A4/MXFP4   quantize-dequantize, float GEMM (fake-quant twin)
 ///   packed integer set, input A4     integer GEMV/GEMM (W2A4, W4A4)
 ///   packed set,     input none       float W2A16 GEMV/GEMM
-///   packed set without an integer form (NF2, Lloyd), input A4: the dequantized A4 values
-///                   through the W2A16 kernels (numerically W2 × A4, float arithmetic)
+///   MXFP4 weights,  input MXFP4      MXFP4 × MXFP4 GEMV/GEMM (integer block dots, mx.hpp)
+///   MXFP4 weights,  input none       MXFP4 × float GEMV/GEMM
+///   any other pair (NF2/Lloyd with A4, packed with MXFP4 input, MXFP4 with A4): the
+///                   dequantized input values through the weights' float kernels
 class linear {
   public:
     linear() = default;
@@ -171,6 +210,8 @@ class linear {
         static_assert(std::is_constructible_v<linear_storage, packed_matrix<L>>,
                       "qift::linear: this level set is not in qift::linear_storage");
     }
+    /// MXFP4 weights (quantize_mxfp4 of W [out][in], or from_ggml_mxfp4).
+    linear(mxfp4_matrix w, input_quantization in) : w_(std::move(w)), in_(in), name_("mxfp4") {}
 
     std::size_t rows() const noexcept {
         return std::visit([](const auto& w) { return w.rows(); }, w_);
@@ -178,7 +219,7 @@ class linear {
     std::size_t cols() const noexcept {
         return std::visit([](const auto& w) { return w.cols(); }, w_);
     }
-    /// "float" or the level set's name.
+    /// "float", "mxfp4" or the level set's name.
     std::string_view format() const noexcept { return name_; }
     const input_quantization& input() const noexcept { return in_; }
     const linear_storage& storage() const noexcept { return w_; }
@@ -198,13 +239,13 @@ class linear {
 
   private:
     void run(const float_weights& w, linear_input& in, matrix_view<float> y) const {
-        w.forward(in_.a4 ? in.a4_dequantized(in_, in.x().cols) : in.x(), y);
+        w.forward(in_.quantized() ? in.dequantized(in_, in.x().cols) : in.x(), y);
     }
     template <class L>
     void run(const packed_matrix<L>& w, linear_input& in, matrix_view<float> y) const {
         const std::size_t pk = w.codes().padded_cols();
         if constexpr (integer_dot_level_set<L>) {
-            if (in_.a4) {
+            if (in_.a4()) {
                 const quantized_activations& a = in.a4(in_);
                 if (a.tokens == 1)
                     gemv(w, a, y.row(0));
@@ -214,7 +255,23 @@ class linear {
             }
         }
         detail::gemm_float_padded(xsimd::default_arch{}, w,
-                                  in_.a4 ? in.a4_dequantized(in_, pk) : in.padded(pk), y, false);
+                                  in_.quantized() ? in.dequantized(in_, pk) : in.padded(pk), y,
+                                  false);
+    }
+    void run(const mxfp4_matrix& w, linear_input& in, matrix_view<float> y) const {
+        if (in_.mx()) {
+            const mxfp4_matrix& a = in.mx(in_);
+            if (a.rows() == 1)
+                gemv(w, a, y.row(0));
+            else
+                gemm(w, a, y);
+            return;
+        }
+        const matrix_view<const float> x = in_.a4() ? in.dequantized(in_, w.cols()) : in.x();
+        if (x.rows == 1)
+            gemv(w, x.row(0), y.row(0));
+        else
+            gemm(w, x, y);
     }
 
     linear_storage w_;

@@ -105,12 +105,20 @@ struct kv_format {
     static constexpr kv_format kv4_asymmetric(float clip = 0.95f) noexcept { return {true, clip}; }
 };
 
+/// An online rotation of one input site's rows, in place: rows <- rows·Q for an orthogonal Q
+/// whose counterpart W·Q is already folded into the site's linears (so their products do not
+/// change in real arithmetic). Applied before the linears and the site's observers see the rows.
+using site_rotation = std::function<void(matrix_view<float> rows)>;
+
 /// The runtime model: embeddings, norms, RoPE, attention and the classifier input in float; each
-/// block's seven linears in any format (chosen per layer and per linear); the KV format.
+/// block's seven linears in any format (chosen per layer and per linear), optional online
+/// rotations of its input sites; the KV format.
 struct llama_model {
     struct block {
         std::vector<float> rms_att, rms_ffn;  ///< empty: gain folded into the linears
         std::array<linear, 7> w;
+        /// Per input site, applied to the site's rows before its linears (empty: none).
+        std::array<site_rotation, site_count> input_rotation{};
         linear& operator[](linear_id id) noexcept { return w[static_cast<unsigned>(id)]; }
         const linear& operator[](linear_id id) const noexcept {
             return w[static_cast<unsigned>(id)];
@@ -365,7 +373,8 @@ inline void forward_block(const llama_model& m, std::size_t layer, llama_state& 
                std::to_string(x.cols) + " at position " + std::to_string(s.pos_) + " (model dim " +
                std::to_string(d) + ", capacity " + std::to_string(s.cap_) + ")";
     });
-    const auto observe = [&](input_site site, matrix_view<const float> v) {
+    const auto observe = [&](input_site site, matrix_view<float> v) {
+        if (const auto& rotate = b.input_rotation[static_cast<unsigned>(site)]) rotate(v);
         if (s.observer_) s.observer_(layer, site, v);
         s.in_.reset(v);
     };
