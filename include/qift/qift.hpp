@@ -3,6 +3,7 @@
 #pragma once
 
 #include "act.hpp"
+#include "binary.hpp"
 #include "core.hpp"
 #include "gemm.hpp"
 #include "gemv.hpp"
