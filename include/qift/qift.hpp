@@ -4,6 +4,7 @@
 
 #include "act.hpp"
 #include "binary.hpp"
+#include "binary_matrix.hpp"
 #include "core.hpp"
 #include "gemm.hpp"
 #include "gemv.hpp"
