@@ -562,3 +562,29 @@ TEST_CASE("binary matrix: errors") {
     CHECK_THROWS_WITH_AS(qift::quantize_int8_activations(xnan), doctest::Contains("z(0, 4)"),
                          qift::error);
 }
+
+TEST_CASE("binary matrix: the results of binary.hpp pack exactly and run through the kernels") {
+    std::mt19937 gen(11);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    qift::matrix<float> w(19, 200), x(3, 200);
+    for (float& v : w.flat()) v = nd(gen);
+    for (float& v : x.flat()) v = nd(gen);
+    const auto check = [&](const qift::binary_matrix& packed, const qift::matrix<float>& w_hat) {
+        const qift::matrix<float> d = qift::dequantize(packed);
+        for (std::size_t i = 0; i < d.size(); ++i) CHECK(d.data()[i] == w_hat.data()[i]);
+        qift::matrix<float> y(3, 19);
+        qift::gemm(packed, x.view(), y.view());
+        for (std::size_t t = 0; t < 3; ++t)
+            for (std::size_t r = 0; r < 19; ++r) {
+                double e = 0, m = 0;
+                for (std::size_t k = 0; k < 200; ++k)
+                    e += double(w_hat(r, k)) * double(x(t, k)),
+                        m += std::fabs(double(w_hat(r, k)) * double(x(t, k)));
+                CHECK(std::fabs(double(y(t, r)) - e) <= 1e-5 * m);
+            }
+    };
+    const auto xnor = qift::binarize_xnor(w.view());
+    check(qift::pack(xnor), xnor.dequantized);
+    const auto rc = qift::binarize_arb_rc(w.view());
+    check(qift::pack(rc), rc.dequantized);
+}

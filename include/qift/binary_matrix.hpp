@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "act.hpp"
+#include "binary.hpp"
 #include "core.hpp"
 #include "detail/binary_kernels.hpp"
 #include "gemm.hpp"
@@ -310,6 +311,24 @@ inline void binary_matrix::init(std::span<const binary_plane_view> planes, std::
         for (std::size_t r = 0; r < rows; ++r)
             for (std::size_t b = 0; b < blocks; ++b) means_[r * blocks + b] = means(r, b);
     }
+}
+
+/// The packed form of an XNOR / ARB / ARB-X result (binary.hpp): one plane with per-row scales
+/// α and per-row means μ; dequantize() of it equals result.dequantized exactly.
+inline binary_matrix pack(const binary_affine_result& r) {
+    const std::size_t rows = r.signs.rows();
+    matrix<float> scales(rows, 1), means(rows, 1);
+    for (std::size_t i = 0; i < rows; ++i) scales(i, 0) = r.scale[i], means(i, 0) = r.mean[i];
+    return binary_matrix({binary_plane_view{r.signs.view(), scales.view()}}, 0, {}, means.view());
+}
+
+/// The packed form of an ARB-RC or output-alignment result (binary.hpp): one plane with the
+/// row scales u and the column scales v; dequantize() of it equals result.dequantized exactly.
+inline binary_matrix pack(const binary_rc_result& r) {
+    const std::size_t rows = r.signs.rows();
+    matrix<float> scales(rows, 1);
+    for (std::size_t i = 0; i < rows; ++i) scales(i, 0) = r.row_scale[i];
+    return binary_matrix({binary_plane_view{r.signs.view(), scales.view()}}, 0, r.col_scale);
 }
 
 /// Ŵ [rows][cols] in float: α_c(k) · (Σ_p α^p(r, b) · M^p(r, k) · B^p(r, k) + μ(r, b)), the
