@@ -206,17 +206,21 @@ inline mxfp4_matrix quantize_mxfp4(matrix_view<const float> x,
     return q;
 }
 
+/// The values of row r of q into out[0, q.cols()) (out.size() >= q.cols(); padding dropped), as
+/// dequantize() reads them.
+inline void dequantize_row(const mxfp4_matrix& q, std::size_t r, std::span<float> out) noexcept {
+    for (std::size_t k = 0; k < q.cols(); ++k) {
+        const std::uint8_t s = q.row_scales(r)[k / mx_block_size];
+        out[k] = s == e8m0_nan ? NAN : std::ldexp(levels::e2m1::levels[q.code(r, k)], int(s) - 127);
+    }
+}
+
 /// The values of an MXFP4 matrix [rows][cols] (padding dropped); NaN blocks read as NaN. As in
 /// the reference's float32 arithmetic, a block whose max is within a rounding of FLT_MAX gets
 /// exponent 126 and an element rounded up to 4·2^126 reads as infinity.
 inline matrix<float> dequantize(const mxfp4_matrix& q) {
     matrix<float> out(q.rows(), q.cols());
-    for (std::size_t r = 0; r < q.rows(); ++r)
-        for (std::size_t k = 0; k < q.cols(); ++k) {
-            const std::uint8_t s = q.row_scales(r)[k / mx_block_size];
-            out(r, k) =
-                s == e8m0_nan ? NAN : std::ldexp(levels::e2m1::levels[q.code(r, k)], int(s) - 127);
-        }
+    for (std::size_t r = 0; r < q.rows(); ++r) dequantize_row(q, r, out.row(r));
     return out;
 }
 

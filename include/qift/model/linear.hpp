@@ -94,12 +94,7 @@ class linear_input {
                     for (std::size_t k = 0; k < x_.cols; ++k)
                         out[k] = a4_.scales[t] * float(a4_.code(t, k));
                 } else {
-                    for (std::size_t k = 0; k < x_.cols; ++k) {
-                        const std::uint8_t s = mx_.row_scales(t)[k / mx_block_size];
-                        out[k] = s == e8m0_nan ? NAN
-                                               : std::ldexp(levels::e2m1::levels[mx_.code(t, k)],
-                                                            int(s) - 127);
-                    }
+                    dequantize_row(mx_, t, {out, x_.cols});
                 }
             }
             dequantized_stride_ = padded_cols;
