@@ -4,9 +4,10 @@
 // (copies cycled, 256 MiB in all, as bench_gemv):
 //  * bin1: one plane with per-row scales and column scales (ARB-RC-like Ŵ = diag(α_r)·B·diag(α_c))
 //    with A8, A4 and float activations;
-//  * bin3: a BiLLM-like matrix of 3 planes, scales per row and 128-column block: the signs B
-//    split by an element bitmap into two groups (the same sign bits, complementary masks: stored
-//    once each), and a residual plane on 5% salient columns (a column mask);
+//  * billm: the six planes pack(billm_result) makes, scales per row and 128-column block: the
+//    signs B1 unmasked, on 5% salient columns (a column mask) and on a high group (an element
+//    bitmap of 1/4 of the rest), a residual plane B2 on the salient columns, and two constant
+//    planes (group means) on the two masks, plus per-block means;
 //  * qift's W2A4 GEMV (packed_matrix<levels::mnz> + quantized_activations), an int8 × int8 GEMV
 //    and a plain read of as many bytes as each binary matrix stores (the bandwidth roofline).
 // The summary prints µs, the bytes per weight of each format (everything stored) and the ratios;
@@ -80,29 +81,31 @@ qift::binary_matrix make_bin1(std::size_t n, std::size_t k) {
     return qift::binary_matrix({qift::binary_plane_view{s, a}}, 0, c.row(0));
 }
 
-// The BiLLM-like matrix (see the file comment): blocks of 128 columns.
-qift::binary_matrix make_bin3(std::size_t n, std::size_t k) {
+// The layout pack(billm_result) makes (see the file comment): blocks of 128 columns.
+qift::binary_matrix make_billm(std::size_t n, std::size_t k) {
     const std::size_t g = 128, blocks = (k + g - 1) / g;
-    const auto b = random_signs(n, k, 4);
-    const auto r = random_signs(n, k, 5);
-    qift::matrix<std::uint8_t> m(n, k), mc(n, k), sal(n, k);
-    bit_source src{77};
-    for (std::size_t i = 0; i < m.size(); ++i) {
-        // ~3/4 of the elements in the first (concentrated) group
-        const bool first = (src.next() & 3) != 0;
-        m.flat()[i] = first ? 1 : 0;
-        mc.flat()[i] = first ? 0 : 1;
-    }
+    const auto b1 = random_signs(n, k, 4);
+    const auto b2 = random_signs(n, k, 5);
+    qift::matrix<std::uint8_t> high(n, k), sal(n, k);
     std::mt19937 gen(6);
     std::vector<std::uint8_t> salient(k);
     for (auto& v : salient) v = gen() % 20 == 0 ? 1 : 0;  // ~5% of the columns
+    bit_source src{77};
     for (std::size_t i = 0; i < n; ++i)
-        for (std::size_t j = 0; j < k; ++j) sal(i, j) = salient[j];
-    const auto a0 = uniform(n, blocks, 7), a1 = uniform(n, blocks, 8), a2 = uniform(n, blocks, 9);
+        for (std::size_t j = 0; j < k; ++j) {
+            sal(i, j) = salient[j];
+            // ~1/4 of the other elements in the high group
+            high(i, j) = !salient[j] && (src.next() & 3) == 0 ? 1 : 0;
+        }
+    const auto a0 = uniform(n, blocks, 7), a1 = uniform(n, blocks, 8), a2 = uniform(n, blocks, 9),
+               a3 = uniform(n, blocks, 10), a4 = uniform(n, blocks, 11),
+               a5 = uniform(n, blocks, 12), mu = uniform(n, blocks, 13);
+    const qift::matrix_view<const std::int8_t> none{};
     return qift::binary_matrix(
-        {qift::binary_plane_view{b, a0, m}, qift::binary_plane_view{b, a1, mc},
-         qift::binary_plane_view{r, a2, sal}},
-        g);
+        {qift::binary_plane_view{b1, a0}, qift::binary_plane_view{b1, a1, sal},
+         qift::binary_plane_view{b1, a2, high}, qift::binary_plane_view{b2, a3, sal},
+         qift::binary_plane_view{none, a4, sal}, qift::binary_plane_view{none, a5, high}},
+        g, {}, mu);
 }
 
 // Matrices are built once per shape (10^8 int8 inputs for 11008×4096 take a while).
@@ -111,7 +114,8 @@ const qift::binary_matrix& cached(int kind, std::size_t n, std::size_t k) {
         cache;
     auto& slot = cache[{kind, n, k}];
     if (!slot)
-        slot = std::make_unique<qift::binary_matrix>(kind == 1 ? make_bin1(n, k) : make_bin3(n, k));
+        slot =
+            std::make_unique<qift::binary_matrix>(kind == 1 ? make_bin1(n, k) : make_billm(n, k));
     return *slot;
 }
 
@@ -219,9 +223,9 @@ BENCHMARK(bm_read<1>)->Apply(gemv_shapes)->Name("read_bin1_bytes");
 BENCHMARK(bm_binary<1, 8>)->Apply(gemv_shapes)->Name("bin1_a8");
 BENCHMARK(bm_binary<1, 4>)->Apply(gemv_shapes)->Name("bin1_a4");
 BENCHMARK(bm_binary<1, 32>)->Apply(gemv_shapes)->Name("bin1_f32");
-BENCHMARK(bm_read<3>)->Apply(gemv_shapes)->Name("read_bin3_bytes");
-BENCHMARK(bm_binary<3, 8>)->Apply(gemv_shapes)->Name("bin3_a8");
-BENCHMARK(bm_binary<3, 32>)->Apply(gemv_shapes)->Name("bin3_f32");
+BENCHMARK(bm_read<3>)->Apply(gemv_shapes)->Name("read_billm_bytes");
+BENCHMARK(bm_binary<3, 8>)->Apply(gemv_shapes)->Name("billm_a8");
+BENCHMARK(bm_binary<3, 32>)->Apply(gemv_shapes)->Name("billm_f32");
 BENCHMARK(bm_w2a4)->Apply(gemv_shapes)->Name("w2a4_mnz");
 BENCHMARK(bm_int8)->Apply(gemv_shapes)->Name("int8_gemv");
 BENCHMARK(bm_bin1_gemm)
@@ -275,15 +279,15 @@ class summary_reporter : public benchmark::ConsoleReporter {
         };
         std::printf("\nOne-bit GEMV summary (µs, one thread; ratios = time / time)\n");
         std::printf("%-11s %5s %8s %8s %8s %8s %8s %8s %8s %8s %8s\n", "shape", "cache", "bin1_a8",
-                    "bin1_a4", "bin1_f32", "read1", "bin3_a8", "bin3_f32", "read3", "w2a4_mnz",
+                    "bin1_a4", "bin1_f32", "read1", "billm_a8", "billm_f32", "read6", "w2a4_mnz",
                     "int8");
         for (const char* shape : shapes)
             for (const char* cold : {"0", "1"})
                 std::printf("%-11s %5s %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f\n",
                             shape, cold[0] == '1' ? "cold" : "hot", at("bin1_a8", shape, cold),
                             at("bin1_a4", shape, cold), at("bin1_f32", shape, cold),
-                            at("read_bin1_bytes", shape, cold), at("bin3_a8", shape, cold),
-                            at("bin3_f32", shape, cold), at("read_bin3_bytes", shape, cold),
+                            at("read_bin1_bytes", shape, cold), at("billm_a8", shape, cold),
+                            at("billm_f32", shape, cold), at("read_billm_bytes", shape, cold),
                             at("w2a4_mnz", shape, cold), at("int8_gemv", shape, cold));
 
         std::printf("\nbits per weight, everything stored (4096x4096 / 11008x4096):\n");
@@ -291,8 +295,8 @@ class summary_reporter : public benchmark::ConsoleReporter {
             const auto& b1 = cached(1, n, k);
             const auto& b3 = cached(3, n, k);
             std::printf(
-                "  %zux%zu: bin1 %.4f (%zu bytes), bin3 %.4f (%zu bytes; %zu sign planes, %zu "
-                "masks stored for 3 planes), w2a4 %.4f (codes + row scales), int8 8\n",
+                "  %zux%zu: bin1 %.4f (%zu bytes), billm %.4f (%zu bytes; %zu sign planes, %zu "
+                "masks stored for 6 planes), w2a4 %.4f (codes + row scales), int8 8\n",
                 n, k, b1.bits_per_weight(), b1.size_bytes(), b3.bits_per_weight(), b3.size_bytes(),
                 b3.stored_sign_planes(), b3.stored_masks(),
                 8.0 * double(n * k / 4 + n * 4) / double(n * k));
@@ -313,12 +317,12 @@ class summary_reporter : public benchmark::ConsoleReporter {
         ratio("roofline (read) / bin1 A8, hot", "read_bin1_bytes", "bin1_a8", "0", "");
         ratio("roofline (read) / bin1 A4, cold", "read_bin1_bytes", "bin1_a4", "1", "");
         ratio("roofline (read) / bin1 float, cold", "read_bin1_bytes", "bin1_f32", "1", "");
-        ratio("roofline (read) / bin3 A8, cold", "read_bin3_bytes", "bin3_a8", "1", "");
-        ratio("roofline (read) / bin3 float, cold", "read_bin3_bytes", "bin3_f32", "1", "");
+        ratio("roofline (read) / billm A8, cold", "read_billm_bytes", "billm_a8", "1", "");
+        ratio("roofline (read) / billm float, cold", "read_billm_bytes", "billm_f32", "1", "");
         ratio("bin1 A8 / W2A4 MNZ, hot", "bin1_a8", "w2a4_mnz", "0", "");
         ratio("bin1 A8 / W2A4 MNZ, cold", "bin1_a8", "w2a4_mnz", "1", "");
         ratio("bin1 A8 / int8, cold", "bin1_a8", "int8_gemv", "1", "");
-        ratio("bin3 A8 / W2A4 MNZ, cold", "bin3_a8", "w2a4_mnz", "1", "");
+        ratio("billm A8 / W2A4 MNZ, cold", "billm_a8", "w2a4_mnz", "1", "");
         const double g1 = get("bin1_a8/4096/4096/0"), g8 = get("bin1_a8_gemm/4096/4096/8");
         std::printf("GEMM, 8 tokens, 4096x4096 hot (µs): bin1 A8 %.1f (%.2f x its GEMV)\n", g8,
                     g1 > 0 ? g8 / g1 : 0.0);

@@ -26,7 +26,13 @@ using qift::matrix;
 using qift::matrix_view;
 using qift::detail::binary_path;
 
-enum class mask_kind { none, element, column, complement };
+/// complement: the complement of the previous plane's mask, same signs (BiLLM's two groups);
+/// const_*: a constant plane (no signs, B = +1) on a random element / column mask.
+enum class mask_kind { none, element, column, complement, const_element, const_column };
+
+bool constant_kind(mask_kind k) {
+    return k == mask_kind::const_element || k == mask_kind::const_column;
+}
 
 /// The inputs of a random binary matrix, kept for the oracles, and the matrix itself.
 struct random_binary {
@@ -69,10 +75,11 @@ random_binary make_binary(std::size_t rows, std::size_t cols, std::size_t group,
         matrix<float> a(rows, rb.blocks);
         for (auto& v : a.flat()) v = scale(gen);
         matrix<std::uint8_t> m;
-        if (kinds[p] == mask_kind::element) {
+        if (constant_kind(kinds[p])) std::fill(s.flat().begin(), s.flat().end(), std::int8_t{1});
+        if (kinds[p] == mask_kind::element || kinds[p] == mask_kind::const_element) {
             m = matrix<std::uint8_t>(rows, cols);
             for (auto& v : m.flat()) v = static_cast<std::uint8_t>(coin(gen));
-        } else if (kinds[p] == mask_kind::column) {
+        } else if (kinds[p] == mask_kind::column || kinds[p] == mask_kind::const_column) {
             m = matrix<std::uint8_t>(rows, cols);
             std::vector<std::uint8_t> on(cols);
             for (auto& v : on) v = static_cast<std::uint8_t>(gen() % 8 == 0);  // ~1/8 of columns
@@ -101,7 +108,9 @@ random_binary make_binary(std::size_t rows, std::size_t cols, std::size_t group,
     }
     std::vector<binary_plane_view> views;
     for (std::size_t p = 0; p < kinds.size(); ++p)
-        views.push_back({rb.signs[p], rb.scales[p], rb.masks[p]});
+        views.push_back({constant_kind(kinds[p]) ? matrix_view<const std::int8_t>{}
+                                                 : matrix_view<const std::int8_t>(rb.signs[p]),
+                         rb.scales[p], rb.masks[p]});
     rb.w = binary_matrix(views, group, rb.col, rb.means);
     return rb;
 }
@@ -135,6 +144,12 @@ const std::vector<config>& configs() {
         {{mask_kind::element, mask_kind::none}, 64, true, true},
         {{mask_kind::element, mask_kind::complement, mask_kind::column}, 128, true, false},
         {{mask_kind::none, mask_kind::column, mask_kind::element}, 0, false, true},
+        // Constant planes (BiLLM's group means), also as plane 0.
+        {{mask_kind::const_column, mask_kind::none, mask_kind::element, mask_kind::const_element},
+         128,
+         true,
+         true},
+        {{mask_kind::const_element}, 0, false, false},
     };
     return c;
 }
@@ -222,6 +237,22 @@ TEST_CASE("binary matrix: bits_per_weight and storage sharing by hand") {
     CHECK(w4.group_size() == 128);
     // 4·5 words (160 bytes) + 12 scales (48 bytes)
     CHECK(w4.size_bytes() == 208);
+
+    // A constant plane stores no signs and keeps even an all-ones mask (it reads it as signs);
+    // it shares an equal mask but not a complementary one.
+    const binary_matrix w5({binary_plane_view{s3, a3, ones}, binary_plane_view{{}, a3, ones}}, 128);
+    CHECK(w5.stored_sign_planes() == 1);
+    CHECK(!w5.has_signs(1));
+    CHECK(w5.has_mask(1));
+    CHECK(w5.sign(1, 2, 7) == 1);
+    CHECK(w5.has_column_mask(1));  // all ones: the same on every row, one row of 5 words
+    CHECK(w5.size_bytes() == 160 + 40 + 2 * 48);
+    matrix<std::int8_t> s6(2, 100, 1);
+    const binary_matrix w6(
+        {binary_plane_view{s6, a, m}, binary_plane_view{{}, a, mc}, binary_plane_view{{}, a, m}});
+    CHECK(w6.stored_masks() == 2);
+    CHECK(w6.mask(1, 0, 3) == 0);
+    CHECK(w6.mask(2, 0, 3) == 1);
 }
 
 TEST_CASE("binary matrix: float GEMV matches dequantize()·x and the reference, every path") {
@@ -532,6 +563,9 @@ TEST_CASE("binary matrix: errors") {
     CHECK_THROWS_WITH_AS(make({{s, a}}, 0, {}, nan_mu), doctest::Contains("means(2, 0)"),
                          qift::error);
     CHECK_THROWS_AS(make({{matrix<std::int8_t>(), matrix<float>()}}), qift::error);
+    CHECK_THROWS_WITH_AS(make({{s, a}, {{}, a}}), doctest::Contains("plane 1 has neither signs"),
+                         qift::error);
+    CHECK_THROWS_AS(make({{{}, a, matrix<std::uint8_t>(3, 99)}, {s, a}}), qift::error);
 
     const binary_matrix w({binary_plane_view{s, a}});
     std::vector<float> x(100, 1.0f), x99(99, 1.0f), y(3), y2(2);
@@ -587,4 +621,79 @@ TEST_CASE("binary matrix: the results of binary.hpp pack exactly and run through
     check(qift::pack(xnor), xnor.dequantized);
     const auto rc = qift::binarize_arb_rc(w.view());
     check(qift::pack(rc), rc.dequantized);
+}
+
+TEST_CASE("binary matrix: BiLLM partitions pack and run through the kernels") {
+    // Heavy-tailed weights with a few loud input channels (so that salient columns are chosen),
+    // a Hessian from correlated activations; 3 blocks of 128 at 300 columns (the last ragged).
+    std::mt19937 gen(5);
+    std::student_t_distribution<float> td(3.0f);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    const std::size_t rows = 21, cols = 300, n = 600;
+    matrix<float> w(rows, cols), x(n, cols);
+    for (float& v : w.flat()) v = 0.02f * td(gen);
+    for (std::size_t t = 0; t < n; ++t)
+        for (std::size_t k = 0; k < cols; ++k) x(t, k) = nd(gen) * (k % 37 == 0 ? 8.0f : 1.0f);
+    qift::matrix<double> h(cols, cols);
+    for (std::size_t t = 0; t < n; ++t)
+        for (std::size_t i = 0; i < cols; ++i)
+            for (std::size_t j = 0; j < cols; ++j) h(i, j) += double(x(t, i)) * double(x(t, j));
+    const auto r = qift::binarize_billm(w.view(), h.view());
+    bool salient = false, high = false;
+    for (auto c : r.salient_column) salient = salient || c;
+    for (auto v : r.high_group.flat()) high = high || v;
+    REQUIRE(salient);
+    REQUIRE(high);
+    const binary_matrix packed = qift::pack(r);
+    CHECK(packed.plane_count() == 6);
+    CHECK(packed.stored_sign_planes() == 2);
+    CHECK(packed.group_size() == 128);
+    double max_w = 0;
+    for (float v : r.dequantized.flat()) max_w = std::max(max_w, double(std::fabs(v)));
+    const auto d = qift::dequantize(packed);
+    bool close = true;
+    for (std::size_t i = 0; i < d.size(); ++i)
+        close = close &&
+                std::fabs(double(d.data()[i]) - double(r.dequantized.data()[i])) <= 1e-6 * max_w;
+    CHECK(close);
+    // Every path against the reference (integer bit for bit, float within rounding) and the
+    // float GEMV against Ŵ·x.
+    const auto xt = qift::test::gaussian_matrix(1, cols, 9);
+    std::vector<float> yr(rows), y(rows);
+    qift::gemv_reference(packed, xt.row(0), yr);
+    const auto a8 = qift::quantize_int8_activations(matrix_view<const float>(xt.data(), 1, cols));
+    const auto a4 = qift::quantize_activations(matrix_view<const float>(xt.data(), 1, cols));
+    std::vector<float> y8r(rows), y4r(rows);
+    qift::gemv_reference(packed, a8, y8r);
+    qift::gemv_reference(packed, a4, y4r);
+    for (auto path : compiled_paths()) {
+        CAPTURE(int(path));
+        qift::detail::binary_gemv(packed, matrix_view<const float>(xt.data(), 1, cols),
+                                  std::span<float>(y), path, "gemv");
+        bool ok = true;
+        for (std::size_t i = 0; i < rows; ++i) {
+            double e = 0, m = 0;
+            for (std::size_t k = 0; k < cols; ++k)
+                e += double(r.dequantized(i, k)) * double(xt(0, k)),
+                    m += std::fabs(double(r.dequantized(i, k)) * double(xt(0, k)));
+            ok = ok && std::fabs(double(y[i]) - e) <= 1e-5 * m &&
+                 std::fabs(double(y[i]) - double(yr[i])) <= 1e-5 * m;
+        }
+        CHECK(ok);
+        qift::detail::binary_gemv(packed, a8, std::span<float>(y), path, "gemv");
+        CHECK(bit_equal(y, y8r));
+        qift::detail::binary_gemv(packed, a4, std::span<float>(y), path, "gemv");
+        CHECK(bit_equal(y, y4r));
+    }
+    // The stored bytes: B1, B2 and H as full planes (3 bits per weight, rows padded to 320
+    // columns), the column mask, six float32 scale arrays and the means.
+    const std::size_t words = 5, blocks = 3;
+    CHECK(packed.size_bytes() ==
+          3 * rows * words * 8 + words * 8 + 7 * rows * blocks * sizeof(float));
+
+    // A block size the layout cannot hold.
+    qift::billm_options opt;
+    opt.block_size = 100;
+    CHECK_THROWS_WITH_AS(qift::pack(qift::binarize_billm(w.view(), h.view(), opt)),
+                         doctest::Contains("multiple of 64"), qift::error);
 }

@@ -554,6 +554,18 @@ TEST_CASE("linear: every format and input path equals the dequantized float prod
         each(levels::mnz{}), each(levels::pot_mnz{}), each(levels::standard{});
         each(levels::asymmetric{}), each(levels::int4{}), each(levels::int3{});
         each(levels::nf2{}), each(levels::lloyd{}), each(levels::pm12{}), each(levels::ternary{});
+        // One-bit planes: per-row affine (the A4 integer kernel), row and column scales (A4
+        // through the float kernel on the dequantized codes), BiLLM's six planes.
+        const auto xnor = binarize_xnor(w.view());
+        const auto rc = binarize_arb_rc(w.view());
+        matrix<double> eye(cols, cols);
+        for (std::size_t k = 0; k < cols; ++k) eye(k, k) = 1.0;
+        const auto billm = binarize_billm(w.view(), eye.view());
+        for (const auto& in : {none, a4, mx}) {
+            check(linear(pack(xnor), in), xnor.dequantized);
+            check(linear(pack(rc), in), rc.dequantized);
+            check(linear(pack(billm), in), dequantize(pack(billm)));
+        }
     }
     // Shapes are checked.
     linear_input in;

@@ -24,7 +24,9 @@
 namespace qift {
 
 /// One plane of a binary_matrix as its producer hands it over: views of plain arrays.
-///   signs   [rows][cols]    every value −1 or +1 (B^p)
+///   signs   [rows][cols]    every value −1 or +1 (B^p), or empty: a constant plane, B^p = +1
+///                           (a per-block mean over the mask; it stores no sign bits, and
+///                           needs a mask)
 ///   scales  [rows][blocks]  α^p per row and column block, finite (blocks: see binary_matrix)
 ///   mask    [rows][cols]    0 or 1 (M^p), or empty: all ones
 struct binary_plane_view {
@@ -47,7 +49,9 @@ struct binary_plane_view {
 /// when every column of it is constant over the rows (a column mask, as for salient columns),
 /// a single row of words shared by all rows. Identical sign planes are stored once; a mask equal
 /// to another one or to its complement is stored once (the kernels read it complemented); an
-/// all-ones mask is dropped. Scales, column scales and means are float32 (32 bits each).
+/// all-ones mask is dropped. A constant plane stores no signs: the kernels read its mask as the
+/// signs (Σ m·a), so its mask is always stored, and shared only with an equal one. Scales, column
+/// scales and means are float32 (32 bits each).
 /// size_bytes() counts every stored byte (row padding to 64 bits included).
 class binary_matrix {
   public:
@@ -61,7 +65,8 @@ class binary_matrix {
     /// [rows][blocks]. Throws qift::error when there are no planes or more than max_planes,
     /// on a shape mismatch, an empty matrix, more than 65536 columns, a group size that is
     /// neither 0, nor >= cols, nor a multiple of 64, a sign other than ±1, a mask value other
-    /// than 0/1, or a non-finite scale or mean (naming its position).
+    /// than 0/1, a constant plane (no signs) without a mask, or a non-finite scale or mean
+    /// (naming its position).
     /// O(planes · rows · cols).
     explicit binary_matrix(std::span<const binary_plane_view> planes, std::size_t group_size = 0,
                            std::span<const float> column_scales = {},
@@ -93,6 +98,7 @@ class binary_matrix {
 
     /// B^p(r, k) (±1) and M^p(r, k) (0/1) as stored.
     int sign(std::size_t p, std::size_t r, std::size_t k) const noexcept {
+        if (!has_signs(p)) return 1;
         return bit(signs_[planes_[p].sign].data() + r * geo_.words, k) ? 1 : -1;
     }
     int mask(std::size_t p, std::size_t r, std::size_t k) const noexcept {
@@ -101,6 +107,8 @@ class binary_matrix {
         const bool b = bit(ref.mask + r * ref.mask_stride, k);
         return (ref.mode == detail::binary_mask_mode::direct) == b ? 1 : 0;
     }
+    /// Whether plane p stores signs (false: a constant plane, B^p = +1).
+    bool has_signs(std::size_t p) const noexcept { return planes_[p].sign != npos; }
     /// Whether plane p has a mask, and whether it is a column mask (one row for all rows).
     bool has_mask(std::size_t p) const noexcept { return planes_[p].mask != npos; }
     bool has_column_mask(std::size_t p) const noexcept {
@@ -127,13 +135,20 @@ class binary_matrix {
     detail::binary_plane_ref plane_ref(std::size_t p) const noexcept {
         const plane_info& pl = planes_[p];
         detail::binary_plane_ref ref;
-        ref.signs = signs_[pl.sign].data();
+        if (pl.sign != npos) {
+            ref.signs = signs_[pl.sign].data();
+            ref.sign_stride = geo_.words;
+        }
         if (pl.mask != npos) {
             const mask_store& m = masks_[pl.mask];
             ref.mask = m.words.data();
             ref.mask_stride = m.per_column ? 0 : geo_.words;
             ref.mode =
                 pl.inverted ? detail::binary_mask_mode::inverted : detail::binary_mask_mode::direct;
+            if (pl.sign == npos) {  // a constant plane: Σ m·s·a with s = m (never inverted)
+                ref.signs = ref.mask;
+                ref.sign_stride = ref.mask_stride;
+            }
         }
         return ref;
     }
@@ -176,9 +191,11 @@ inline void binary_matrix::init(std::span<const binary_plane_view> planes, std::
         return "binary_matrix: " + std::to_string(planes.size()) + " planes, expected 1 to " +
                std::to_string(max_planes);
     });
-    const std::size_t rows = planes[0].signs.rows, cols = planes[0].signs.cols;
+    const bool first_constant = planes[0].signs.empty();
+    const std::size_t rows = first_constant ? planes[0].mask.rows : planes[0].signs.rows;
+    const std::size_t cols = first_constant ? planes[0].mask.cols : planes[0].signs.cols;
     require(rows > 0 && cols > 0 && cols <= 65536, [&] {
-        return "binary_matrix: signs are " + std::to_string(rows) + "x" + std::to_string(cols) +
+        return "binary_matrix: plane 0 is " + std::to_string(rows) + "x" + std::to_string(cols) +
                " (expected a non-empty matrix of at most 65536 columns)";
     });
     require(group_size == 0 || group_size >= cols || group_size % 64 == 0, [&] {
@@ -238,21 +255,32 @@ inline void binary_matrix::init(std::span<const binary_plane_view> planes, std::
     for (std::size_t p = 0; p < planes.size(); ++p) {
         const binary_plane_view& v = planes[p];
         const std::string name = "plane " + std::to_string(p);
-        require(v.signs.rows == rows && v.signs.cols == cols && v.signs.stride >= cols, [&] {
-            return "binary_matrix: " + name + " signs are " + std::to_string(v.signs.rows) + "x" +
-                   std::to_string(v.signs.cols) + ", plane 0 " + std::to_string(rows) + "x" +
-                   std::to_string(cols);
+        const bool constant = v.signs.empty();
+        require(!constant || !v.mask.empty(), [&] {
+            return "binary_matrix: " + name +
+                   " has neither signs nor a mask (a constant over all columns is a mean)";
         });
+        require(
+            constant || (v.signs.rows == rows && v.signs.cols == cols && v.signs.stride >= cols),
+            [&] {
+                return "binary_matrix: " + name + " signs are " + std::to_string(v.signs.rows) +
+                       "x" + std::to_string(v.signs.cols) + ", plane 0 " + std::to_string(rows) +
+                       "x" + std::to_string(cols);
+            });
         check_finite(v.scales, name + " scales");
         plane_info info;
         info.scales.resize(rows * blocks);
         for (std::size_t r = 0; r < rows; ++r)
             for (std::size_t b = 0; b < blocks; ++b) info.scales[r * blocks + b] = v.scales(r, b);
 
-        auto sw = pack(v.signs, -1, name + " signs");
-        const auto same_sign = std::find(signs_.begin(), signs_.end(), sw);
-        info.sign = std::size_t(same_sign - signs_.begin());
-        if (same_sign == signs_.end()) signs_.push_back(std::move(sw));
+        if (constant) {
+            info.sign = npos;
+        } else {
+            auto sw = pack(v.signs, -1, name + " signs");
+            const auto same_sign = std::find(signs_.begin(), signs_.end(), sw);
+            info.sign = std::size_t(same_sign - signs_.begin());
+            if (same_sign == signs_.end()) signs_.push_back(std::move(sw));
+        }
 
         if (!v.mask.empty()) {
             require(v.mask.rows == rows && v.mask.cols == cols && v.mask.stride >= cols, [&] {
@@ -267,7 +295,7 @@ inline void binary_matrix::init(std::span<const binary_plane_view> planes, std::
                     all_ones = all_ones && mw[r * words + c] == valid(c);
                     per_column = per_column && mw[r * words + c] == mw[c];
                 }
-            if (!all_ones) {
+            if (!all_ones || constant) {
                 if (per_column) mw.resize(words);
                 for (std::size_t i = 0; i < masks_.size() && info.mask == npos; ++i) {
                     const mask_store& m = masks_[i];
@@ -277,7 +305,7 @@ inline void binary_matrix::init(std::span<const binary_plane_view> planes, std::
                         equal = equal && m.words[w] == mw[w];
                         complement = complement && (m.words[w] ^ mw[w]) == valid(w % words);
                     }
-                    if (equal || complement) {
+                    if (equal || (complement && !constant)) {
                         info.mask = i;
                         info.inverted = !equal;
                     }
@@ -329,6 +357,69 @@ inline binary_matrix pack(const binary_rc_result& r) {
     matrix<float> scales(rows, 1);
     for (std::size_t i = 0; i < rows; ++i) scales(i, 0) = r.row_scale[i];
     return binary_matrix({binary_plane_view{r.signs.view(), scales.view()}}, 0, r.col_scale);
+}
+
+/// The packed form of a BiLLM-style result (binary.hpp), with column blocks of the result's
+/// block size (which must be a multiple of 64 unless there is one block). With S the salient
+/// columns (a column mask), H the high group and L the rest, BiLLM's
+///   Ŵ = α1·B1 + α2·B2 + μ_s on S,  α_h·B1 + μ_h on H,  α_l·B1 + μ_l on L
+/// is stored relative to the low group, so that no mask of L is needed:
+///   plane 0: B1, no mask, α_l          plane 1: B1 on S, α1 − α_l     plane 2: B1 on H, α_h − α_l
+///   plane 3: B2 on S, α2               plane 4: constant on S, μ_s − μ_l
+///   plane 5: constant on H, μ_h − μ_l  means: μ_l
+/// (planes whose mask is empty everywhere are left out; B2 is stored as a full plane, +1 off
+/// S). Sign planes B1 and B2, the element mask H and the column mask S cost about 3 bits per
+/// weight plus six float32 values per row and block: more than binary_storage's count, which
+/// keeps B2 only on S and scales as fp16. dequantize() of it equals result.dequantized up to
+/// float rounding (the parameters are combined in another order). Throws qift::error on a block
+/// size the layout cannot hold.
+inline binary_matrix pack(const billm_result& r) {
+    const std::size_t rows = r.signs.rows(), cols = r.signs.cols(), nb = r.blocks.size();
+    detail::require(nb >= 1 && rows > 0 && cols > 0,
+                    [] { return std::string("pack: the BiLLM result is empty"); });
+    const std::size_t g = nb == 1 ? cols : r.blocks[0].width;
+    for (std::size_t b = 0; b < nb; ++b)
+        detail::require(r.blocks[b].begin == b * g && (nb == 1 || g % 64 == 0), [&] {
+            return "pack: BiLLM block " + std::to_string(b) + " starts at column " +
+                   std::to_string(r.blocks[b].begin) + " with block size " + std::to_string(g) +
+                   " (binary_matrix needs equal blocks of a multiple of 64 columns)";
+        });
+    matrix<float> al(rows, nb), a1(rows, nb), ah(rows, nb), a2(rows, nb), ms(rows, nb),
+        mh(rows, nb), ml(rows, nb);
+    bool any_salient = false, any_high = false;
+    for (std::size_t b = 0; b < nb; ++b) {
+        const billm_block& blk = r.blocks[b];
+        const bool salient = !blk.salient.empty(), rest = blk.salient.size() < blk.width;
+        any_salient = any_salient || salient;
+        for (std::size_t i = 0; i < rows; ++i) {
+            const float low = rest ? blk.low_scale[i] : 0.0f,
+                        low_mean = rest ? blk.low_mean[i] : 0.0f;
+            al(i, b) = low;
+            ml(i, b) = low_mean;
+            ah(i, b) = rest ? blk.high_scale[i] - low : 0.0f;
+            mh(i, b) = rest ? blk.high_mean[i] - low_mean : 0.0f;
+            a1(i, b) = salient ? blk.salient_scale1[i] - low : 0.0f;
+            a2(i, b) = salient ? blk.salient_scale2[i] : 0.0f;
+            ms(i, b) = salient ? blk.salient_mean[i] - low_mean : 0.0f;
+        }
+    }
+    matrix<std::int8_t> b2(rows, cols);
+    matrix<std::uint8_t> salient_mask(rows, cols);
+    for (std::size_t i = 0; i < rows; ++i)
+        for (std::size_t k = 0; k < cols; ++k) {
+            b2(i, k) = r.residual_signs(i, k) < 0 ? std::int8_t{-1} : std::int8_t{1};
+            salient_mask(i, k) = r.salient_column[k] ? 1 : 0;
+            any_high = any_high || r.high_group(i, k) != 0;
+        }
+    std::vector<binary_plane_view> planes{{r.signs.view(), al.view()}};
+    if (any_salient) planes.push_back({r.signs.view(), a1.view(), salient_mask.view()});
+    if (any_high) planes.push_back({r.signs.view(), ah.view(), r.high_group.view()});
+    if (any_salient) {
+        planes.push_back({b2.view(), a2.view(), salient_mask.view()});
+        planes.push_back({{}, ms.view(), salient_mask.view()});
+    }
+    if (any_high) planes.push_back({{}, mh.view(), r.high_group.view()});
+    return binary_matrix(planes, nb == 1 ? 0 : g, {}, ml.view());
 }
 
 /// Ŵ [rows][cols] in float: α_c(k) · (Σ_p α^p(r, b) · M^p(r, k) · B^p(r, k) + μ(r, b)), the

@@ -34,7 +34,8 @@ namespace qift::detail {
 // What the kernels compute
 //
 // A plane is a [rows][words] array of 64-bit words: bit j of word c of row r is column 64c + j
-// (1 = +1, 0 = −1; bits past the last column are 0), optionally with a mask in the same layout
+// (1 = +1, 0 = −1; bits past the last column are 0; sign_stride 0: one row read by all rows),
+// optionally with a mask in the same layout
 // (element mask: row stride `words`; column mask: row stride 0, one row shared by all rows),
 // used as is or complemented. For rows r0 .. r0 + R − 1 and every column block b (block_chunks
 // words; the last block may be shorter) a kernel writes
@@ -70,6 +71,9 @@ enum class binary_mask_mode {
 /// One plane as a kernel reads it (see the comment above).
 struct binary_plane_ref {
     const std::uint64_t* signs = nullptr;
+    /// Words between the sign rows: `words`, or 0 when every row reads the same words (a
+    /// constant plane on a column mask reads its mask as signs).
+    std::size_t sign_stride = 0;
     const std::uint64_t* mask = nullptr;
     std::size_t mask_stride = 0;
     binary_mask_mode mode = binary_mask_mode::none;
@@ -105,7 +109,7 @@ struct binary_scalar {
                          const std::int8_t* a, const std::int32_t* /*asum*/, std::int32_t* out,
                          std::size_t ldo) noexcept {
         for (std::size_t i = 0; i < std::size_t(R); ++i) {
-            const std::uint64_t* s = p.signs + (r0 + i) * g.words;
+            const std::uint64_t* s = p.signs + (r0 + i) * p.sign_stride;
             const std::uint64_t* m =
                 M == binary_mask_mode::none ? nullptr : p.mask + (r0 + i) * p.mask_stride;
             for (std::size_t b = 0; b < g.blocks; ++b) {
@@ -126,7 +130,7 @@ struct binary_scalar {
                            const float* z, const float* /*zsum*/, float* out,
                            std::size_t ldo) noexcept {
         for (std::size_t i = 0; i < std::size_t(R); ++i) {
-            const std::uint64_t* s = p.signs + (r0 + i) * g.words;
+            const std::uint64_t* s = p.signs + (r0 + i) * p.sign_stride;
             const std::uint64_t* m =
                 M == binary_mask_mode::none ? nullptr : p.mask + (r0 + i) * p.mask_stride;
             for (std::size_t b = 0; b < g.blocks; ++b) {
@@ -510,12 +514,12 @@ struct binary_avx512 {
   private:
     template <int R>
     __attribute__((always_inline)) static void rows(const binary_plane_ref& p,
-                                                    const binary_geometry& g, std::size_t r0,
+                                                    const binary_geometry& /*g*/, std::size_t r0,
                                                     const std::uint64_t* (&s)[R],
                                                     const std::uint64_t* (&m)[R]) noexcept {
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
-            s[r] = p.signs + (r0 + std::size_t(r)) * g.words;
+            s[r] = p.signs + (r0 + std::size_t(r)) * p.sign_stride;
             m[r] = p.mode == binary_mask_mode::none
                        ? s[r]
                        : p.mask + (r0 + std::size_t(r)) * p.mask_stride;
@@ -601,7 +605,7 @@ struct binary_avx2 {
         const std::uint64_t* m[R];
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
-            s[r] = p.signs + (r0 + std::size_t(r)) * g.words;
+            s[r] = p.signs + (r0 + std::size_t(r)) * p.sign_stride;
             m[r] =
                 M == binary_mask_mode::none ? s[r] : p.mask + (r0 + std::size_t(r)) * p.mask_stride;
         }
@@ -659,7 +663,7 @@ struct binary_avx2 {
         const std::uint64_t* m[R];
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
-            s[r] = p.signs + (r0 + std::size_t(r)) * g.words;
+            s[r] = p.signs + (r0 + std::size_t(r)) * p.sign_stride;
             m[r] =
                 M == binary_mask_mode::none ? s[r] : p.mask + (r0 + std::size_t(r)) * p.mask_stride;
         }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-// One linear layer of a model in any qift weight format (float32, packed codes of a level set, or
-// MXFP4) with its input quantization (none, A4 per token, or MXFP4), run on M tokens at once.
+// One linear layer of a model in any qift weight format (float32, packed codes of a level set,
+// MXFP4 or one-bit planes) with its input quantization (none, A4 per token, or MXFP4), run on M
+// tokens at once.
 #pragma once
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <variant>
 
 #include "../act.hpp"
+#include "../binary_matrix.hpp"
 #include "../core.hpp"
 #include "../detail/linalg.hpp"
 #include "../gemm.hpp"
@@ -175,12 +177,11 @@ class float_weights {
 
 /// The weight formats a `linear` can hold (a closed list, so that a forward call is one
 /// variant dispatch and no virtual call). A set outside it is rejected at compile time.
-using linear_storage =
-    std::variant<float_weights, packed_matrix<levels::int4>, packed_matrix<levels::int3>,
-                 packed_matrix<levels::standard>, packed_matrix<levels::asymmetric>,
-                 packed_matrix<levels::mnz>, packed_matrix<levels::pot_mnz>,
-                 packed_matrix<levels::nf2>, packed_matrix<levels::lloyd>,
-                 packed_matrix<levels::pm12>, packed_matrix<levels::ternary>, mxfp4_matrix>;
+using linear_storage = std::variant<
+    float_weights, packed_matrix<levels::int4>, packed_matrix<levels::int3>,
+    packed_matrix<levels::standard>, packed_matrix<levels::asymmetric>, packed_matrix<levels::mnz>,
+    packed_matrix<levels::pot_mnz>, packed_matrix<levels::nf2>, packed_matrix<levels::lloyd>,
+    packed_matrix<levels::pm12>, packed_matrix<levels::ternary>, mxfp4_matrix, binary_matrix>;
 
 /// A linear layer y = W·x for M tokens: the weights in one of the formats of linear_storage and
 /// how the input is quantized. Formats and paths:
@@ -190,6 +191,10 @@ using linear_storage =
 ///   packed set,     input none       float W2A16 GEMV/GEMM
 ///   MXFP4 weights,  input MXFP4      MXFP4 × MXFP4 GEMV/GEMM (integer block dots, mx.hpp)
 ///   MXFP4 weights,  input none       MXFP4 × float GEMV/GEMM
+///   one-bit weights, input A4        one-bit A4 GEMV/GEMM (binary_matrix.hpp), when the matrix
+///                                    has no column scales (with them, the codes of x are not
+///                                    the codes of α_c ⊙ x the kernel needs: next line)
+///   one-bit weights, other inputs    x or its dequantized values through the float kernel
 ///   any other pair (NF2/Lloyd with A4, packed with MXFP4 input, MXFP4 with A4): the
 ///                   dequantized input values through the weights' float kernels
 class linear {
@@ -207,6 +212,8 @@ class linear {
     }
     /// MXFP4 weights (quantize_mxfp4 of W [out][in], or from_ggml_mxfp4).
     linear(mxfp4_matrix w, input_quantization in) : w_(std::move(w)), in_(in), name_("mxfp4") {}
+    /// One-bit weights (pack() of a binary.hpp result, or any binary_matrix).
+    linear(binary_matrix w, input_quantization in) : w_(std::move(w)), in_(in), name_("binary") {}
 
     std::size_t rows() const noexcept {
         return std::visit([](const auto& w) { return w.rows(); }, w_);
@@ -214,7 +221,7 @@ class linear {
     std::size_t cols() const noexcept {
         return std::visit([](const auto& w) { return w.cols(); }, w_);
     }
-    /// "float", "mxfp4" or the level set's name.
+    /// "float", "mxfp4", "binary" or the level set's name.
     std::string_view format() const noexcept { return name_; }
     const input_quantization& input() const noexcept { return in_; }
     const linear_storage& storage() const noexcept { return w_; }
@@ -263,6 +270,22 @@ class linear {
             return;
         }
         const matrix_view<const float> x = in_.a4() ? in.dequantized(in_, w.cols()) : in.x();
+        if (x.rows == 1)
+            gemv(w, x.row(0), y.row(0));
+        else
+            gemm(w, x, y);
+    }
+
+    void run(const binary_matrix& w, linear_input& in, matrix_view<float> y) const {
+        if (in_.a4() && w.column_scales().empty()) {
+            const quantized_activations& a = in.a4(in_);
+            if (a.tokens == 1)
+                gemv(w, a, y.row(0));
+            else
+                gemm(w, a, y);
+            return;
+        }
+        const matrix_view<const float> x = in_.quantized() ? in.dequantized(in_, w.cols()) : in.x();
         if (x.rows == 1)
             gemv(w, x.row(0), y.row(0));
         else
