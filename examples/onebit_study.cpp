@@ -90,15 +90,18 @@ const std::map<std::string, std::string, std::less<>>& method_labels() {
     return m;
 }
 
-/// One binarized (or W2) linear: Ŵ and its stored bits.
+/// One binarized linear: Ŵ (for the output error), its bits as the method counts them (fp16
+/// scales, B2 only on salient columns) and its packed form, which the model runs.
 struct made {
     matrix<float> w_hat;
     double bits = 0;
+    binary_matrix packed;
 };
 
 struct method_result {
     std::string name, label;
     double bits_per_weight = 0;
+    double stored_bits_per_weight = 0;  ///< what binary_matrix stores (0: not packed)
     /// err[l][id]: ‖XWᵀ − X̂Ŵᵀ‖²/‖XWᵀ‖² of linear id in block l (sequential streams).
     std::vector<std::array<double, 7>> err;
     bool has_err = false;
@@ -123,7 +126,7 @@ void write_svg(const std::string& path, const std::vector<method_result>& rs,
         if (r.has_err) lines.push_back(&r);
     detail::require(!lines.empty(), [] { return std::string("onebit_study: no depth curves"); });
     const std::size_t n = lines.front()->err.size();
-    const double W = 680, H = 420, left = 70, right = 190, top = 50, bottom = 50;
+    const double W = 760, H = 420, left = 70, right = 240, top = 50, bottom = 50;
     double lo = 1e300, hi = 0;
     for (const auto* r : lines)
         for (const auto& e : r->err) {
@@ -159,7 +162,7 @@ void write_svg(const std::string& path, const std::vector<method_result>& rs,
       << "' transform='rotate(-90 16 " << (top + H - bottom) / 2
       << ")' text-anchor='middle'>relative output error (log scale)</text>\n";
     struct label {
-        double y;
+        double y, y_line;  // text baseline, and the height of its line's last point
         std::string text, color;
     };
     std::vector<label> labels;
@@ -174,7 +177,7 @@ void write_svg(const std::string& path, const std::vector<method_result>& rs,
             ys.push_back(std::max(lo, e[static_cast<unsigned>(linear_id::w2)]));
         char text[96];
         std::snprintf(text, sizeof text, "%s (%.2f b)", r->label.c_str(), r->bits_per_weight);
-        labels.push_back({py(ys.back()) + 4, text, col});
+        labels.push_back({py(ys.back()) + 4, py(ys.back()), text, col});
         f << "<polyline fill='none' stroke='" << col << "' stroke-width='2'"
           << (dashed ? " stroke-dasharray='5 3'" : "") << " points='";
         for (std::size_t k = 0; k < ys.size(); ++k) f << px(double(k)) << "," << py(ys[k]) << " ";
@@ -187,9 +190,15 @@ void write_svg(const std::string& path, const std::vector<method_result>& rs,
               [](const label& a, const label& b) { return a.y < b.y; });
     for (std::size_t k = 1; k < labels.size(); ++k)
         labels[k].y = std::max(labels[k].y, labels[k - 1].y + 14);
-    for (const auto& l : labels)
-        f << "<text x='" << W - right + 6 << "' y='" << l.y << "' fill='" << l.color << "'>"
+    // Labels pushed apart are tied to their line's end by a short leader.
+    for (const auto& l : labels) {
+        if (l.y - 4 - l.y_line > 1)
+            f << "<polyline fill='none' stroke='" << l.color << "' stroke-width='0.8' points='"
+              << W - right + 2 << "," << l.y_line << " " << W - right + 14 << "," << l.y - 4
+              << "'/>\n";
+        f << "<text x='" << W - right + 18 << "' y='" << l.y << "' fill='" << l.color << "'>"
           << l.text << "</text>\n";
+    }
     f << "</svg>\n";
 }
 
@@ -289,16 +298,18 @@ int main(int argc, char** argv) {
             std::printf(
                 "one-bit: every linear of every block binarized, weights as loaded (no rotation, "
                 "norms as in the checkpoint), float activations and KV cache; the model runs the\n"
-                "dequantized W^ in float (numerically the product a packed one-bit kernel "
-                "computes). Sequential calibration on %zu windows (%zu tokens) of %s;\n"
+                "packed one-bit weights (binary_matrix, float GEMV/GEMM). Sequential "
+                "calibration on %zu windows (%zu tokens) of %s;\n"
                 "ARB/ARB-X/ARB-RC/OA %d rounds; OA on {",
                 calib_windows, calib_windows * T, opt.calib.c_str(), opt.iterations);
             for (std::size_t k = 0; k < opt.oa_linears.size(); ++k)
                 std::printf("%s%s", k ? "," : "", opt.oa_linears[k].c_str());
             std::printf(
-                "}, ARB-RC on the others. Bits per weight: signs + every scale/mean/bitmap as "
-                "stored\n(fp16 values), mean over the block linears weighted by size; W2 MNZ: 2 "
-                "+ 16/in (one fp16 scale per output channel).\n"
+                "}, ARB-RC on the others. bits/w: signs + every scale/mean/bitmap as the method "
+                "counts them\n(fp16 values, B2 on salient columns only); stored: every byte of "
+                "the packed binary_matrix (float32\nvalues, full planes); means over the block "
+                "linears weighted by size; W2 MNZ: 2 + 16/in (one fp16 scale per output\n"
+                "channel).\n"
                 "W2 MNZ GPTQ: unrotated, float activations and KV (the per-bit-fair baseline); "
                 "W2A4KV4 MNZ QuaRot: QuaRot (seed %llu) + A4 per token (clip %.2f) + KV4, the\n"
                 "w2a4kv4 configuration. Evaluation: %zu windows x %zu tokens of %s.\n\n",
@@ -312,7 +323,8 @@ int main(int argc, char** argv) {
         const arb_options arb_opt{.iterations = opt.iterations};
         const auto rc = [&](const matrix<float>& w) {
             auto r = binarize_arb_rc(w, rc_opt);
-            return made{std::move(r.dequantized), double(r.storage.total_bits())};
+            binary_matrix p = pack(r);
+            return made{std::move(r.dequantized), double(r.storage.total_bits()), std::move(p)};
         };
         using binarizer =
             std::function<made(linear_id, const matrix<float>&, const site_statistics&)>;
@@ -323,31 +335,40 @@ int main(int argc, char** argv) {
                 output_alignment_options o = oa_opt;
                 o.amp = amp;
                 auto r = binarize_output_aligned(w, self ? st.gram : st.cross, st.gram, o);
-                return made{std::move(r.dequantized), double(r.storage.total_bits())};
+                binary_matrix p = pack(r);
+                return made{std::move(r.dequantized), double(r.storage.total_bits()), std::move(p)};
             };
         };
         const std::map<std::string, binarizer, std::less<>> binarizers{
             {"xnor",
              [](linear_id, const matrix<float>& w, const site_statistics&) {
                  auto r = binarize_xnor(w);
-                 return made{std::move(r.dequantized), double(r.storage.total_bits())};
+                 binary_matrix p = pack(r);
+                 return made{std::move(r.dequantized), double(r.storage.total_bits()),
+                             std::move(p)};
              }},
             {"arb",
              [&](linear_id, const matrix<float>& w, const site_statistics&) {
                  auto r = binarize_arb(w, arb_opt);
-                 return made{std::move(r.dequantized), double(r.storage.total_bits())};
+                 binary_matrix p = pack(r);
+                 return made{std::move(r.dequantized), double(r.storage.total_bits()),
+                             std::move(p)};
              }},
             {"arb_x",
              [&](linear_id, const matrix<float>& w, const site_statistics& st) {
                  auto r = binarize_arb_x(w, st.gram, arb_opt);
-                 return made{std::move(r.dequantized), double(r.storage.total_bits())};
+                 binary_matrix p = pack(r);
+                 return made{std::move(r.dequantized), double(r.storage.total_bits()),
+                             std::move(p)};
              }},
             {"arb_rc",
              [&](linear_id, const matrix<float>& w, const site_statistics&) { return rc(w); }},
             {"billm",
              [](linear_id, const matrix<float>& w, const site_statistics& st) {
                  auto r = binarize_billm(w, st.hessian());
-                 return made{std::move(r.dequantized), double(r.storage.total_bits())};
+                 binary_matrix p = pack(r);
+                 return made{std::move(r.dequantized), double(r.storage.total_bits()),
+                             std::move(p)};
              }},
             {"oa_self", oa_method(amp_mode::gradient_sign, true)},
             {"oa", oa_method(amp_mode::off, false)},
@@ -356,8 +377,9 @@ int main(int argc, char** argv) {
         };
 
         if (!opt.csv) {
-            std::printf("%-22s %6s %11s %9s %8s %10s %10s %10s %8s\n", "method", "bits/w",
-                        "perplexity", "KL", "top-1", "down err", "all err", "last down", "quant s");
+            std::printf("%-22s %6s %7s %11s %9s %8s %10s %10s %10s %8s\n", "method", "bits/w",
+                        "stored", "perplexity", "KL", "top-1", "down err", "all err", "last down",
+                        "quant s");
         }
         std::vector<method_result> rows;
         const auto print_row = [&](const method_result& b) {
@@ -375,8 +397,12 @@ int main(int argc, char** argv) {
             }
             char bits[16] = "32";
             if (b.bits_per_weight > 0) std::snprintf(bits, sizeof bits, "%.3f", b.bits_per_weight);
-            std::printf("%-22s %6s %11.3f %9.4f %7.2f%% %10s %10s %10s %8.1f\n", b.label.c_str(),
-                        bits, b.r.perplexity, b.r.kl, 100 * b.r.top1, e1, e2, e3, b.seconds);
+            char stored[16] = "-";
+            if (b.stored_bits_per_weight > 0)
+                std::snprintf(stored, sizeof stored, "%.3f", b.stored_bits_per_weight);
+            std::printf("%-22s %6s %7s %11.3f %9.4f %7.2f%% %10s %10s %10s %8.1f\n",
+                        b.label.c_str(), bits, stored, b.r.perplexity, b.r.kl, 100 * b.r.top1, e1,
+                        e2, e3, b.seconds);
             std::fflush(stdout);
         };
         const auto evaluate_into = [&](method_result& mr, const llama_model& m) {
@@ -386,17 +412,17 @@ int main(int argc, char** argv) {
                 {.max_windows = opt.windows, .cached_reference = &ref, .progress = progress});
         };
         {
-            method_result f{"fp32", "FP32", 0, {}, false, {}, 0};
+            method_result f{"fp32", "FP32", 0, 0, {}, false, {}, 0};
             evaluate_into(f, fp32);
             rows.push_back(std::move(f));
             print_row(rows.back());
         }
 
         for (const auto& name : opt.methods) {
-            method_result mr{name, method_labels().find(name)->second, 0, {}, false, {}, 0};
+            method_result mr{name, method_labels().find(name)->second, 0, 0, {}, false, {}, 0};
             mr.err.assign(n_layers, {});
             const auto t0 = now();
-            double bits = 0, weights_count = 0;
+            double bits = 0, stored_bits = 0, weights_count = 0;
             // The relative output error of one made linear, from the site's Grams.
             const auto record = [&](std::size_t l, linear_id id, const matrix<float>& w,
                                     const matrix<float>& w_hat, const site_statistics& st) {
@@ -449,8 +475,9 @@ int main(int argc, char** argv) {
                         made r = bin(id, w, st);
                         record(l, id, w, r.w_hat, st);
                         bits += r.bits;
+                        stored_bits += 8.0 * double(r.packed.size_bytes());
                         weights_count += double(w.size());
-                        return linear(r.w_hat);
+                        return linear(std::move(r.packed), input_quantization::none());
                     },
                     kv_format::float32(), calib, copt);
                 mr.has_err = true;
@@ -458,6 +485,7 @@ int main(int argc, char** argv) {
                 evaluate_into(mr, m);
             }
             mr.bits_per_weight = bits / weights_count;
+            mr.stored_bits_per_weight = stored_bits / weights_count;
             rows.push_back(std::move(mr));
             print_row(rows.back());
         }
@@ -490,10 +518,12 @@ int main(int argc, char** argv) {
             }
         } else {
             std::puts(
-                "method,bits_per_weight,perplexity,kl,top1_agreement,tokens,quantize_seconds");
+                "method,bits_per_weight,stored_bits_per_weight,perplexity,kl,top1_agreement,tokens,"
+                "quantize_seconds");
             for (const auto& r : rows)
-                std::printf("%s,%.4f,%.6f,%.6f,%.6f,%zu,%.3f\n", r.name.c_str(), r.bits_per_weight,
-                            r.r.perplexity, r.r.kl, r.r.top1, r.r.tokens, r.seconds);
+                std::printf("%s,%.4f,%.4f,%.6f,%.6f,%.6f,%zu,%.3f\n", r.name.c_str(),
+                            r.bits_per_weight, r.stored_bits_per_weight, r.r.perplexity, r.r.kl,
+                            r.r.top1, r.r.tokens, r.seconds);
             std::puts("\nmethod,block,linear,relative_output_error");
             for (const auto& r : rows)
                 if (r.has_err)
