@@ -4,6 +4,7 @@
 // (--csv, --svg for the sweep chart).
 #include <qift/model/calibrate.hpp>
 #include <qift/model/eval.hpp>
+#include <qift/model/hf.hpp>
 #include <qift/model/quarot.hpp>
 #include <qift/stats.hpp>
 
@@ -12,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -40,11 +42,12 @@ struct options {
 
 void usage() {
     std::puts(
-        "usage: w2a4kv4 [--model FILE] [--test IDS.npy] [--calib IDS.npy] [--windows N]\n"
+        "usage: w2a4kv4 [--model FILE|DIR] [--test IDS.npy] [--calib IDS.npy] [--windows N]\n"
         "               [--calib-windows N] [--seed S] [--act-clip C] [--sets a,b,...]\n"
         "               [--sweep L1,L2,...] [--sweep-sets a,b,...] [--csv] [--svg FILE] [--quiet]\n"
         "               [--activation-stats]\n"
-        "Evaluates a llama2.c checkpoint (default ../shared/models/prose6M.bin) on held-out token\n"
+        "Evaluates a llama2.c checkpoint (default ../shared/models/prose6M.bin) or a Hugging Face\n"
+        "Llama folder (config.json + model.safetensors, float32/16 or bfloat16) on held-out token\n"
         "ids (perplexity over windows of the context, KL from the float model, top-1 agreement):\n"
         "FP32, rotated FP32, and W<b>A4KV4 for each level set (int4, int3, standard, asymmetric,\n"
         "mnz, pot_mnz, nf2, lloyd, pm12) by RTN and by GPTQ calibrated on float-model inputs and\n"
@@ -52,7 +55,8 @@ void usage() {
         "rest at W4. --windows / --calib-windows limit the windows (0: all). --svg writes the\n"
         "sweep chart. --activation-stats prints, instead, how outlying each linear input's\n"
         "channels are before and after the rotations (float model, 32 calibration windows\n"
-        "unless --calib-windows).");
+        "unless --calib-windows). Token ids come from the .npy files: a Hugging Face folder's\n"
+        "tokenizer.json is not read, so the ids must be in its vocabulary.");
 }
 
 std::vector<std::string> split(std::string_view s) {
@@ -271,7 +275,8 @@ int main(int argc, char** argv) {
     try {
         for (const auto& s : opt.sets) quantizer(s);
         for (const auto& s : opt.sweep_sets) quantizer(s);
-        const auto ckpt = load_llama2c(opt.model);
+        const auto ckpt = std::filesystem::is_directory(opt.model) ? load_hf_llama(opt.model)
+                                                                   : load_llama2c(opt.model);
         const auto& c = ckpt.config;
         const std::size_t n_layers = std::size_t(c.n_layers);
         for (int L : opt.sweep)

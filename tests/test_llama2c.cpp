@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <vector>
 
 using namespace qift;
@@ -88,6 +89,11 @@ TEST_CASE("corrupted checkpoints are rejected with a clear error") {
     std::memcpy(negative.data() + 2 * 4, &minus, 4);  // n_layers = -5
     CHECK_THROWS_WITH_AS(load_llama2c(write_temp(negative, "qift_neg.bin")),
                          doctest::Contains("n_layers = -5"), error);
+    auto min_vocab = good;
+    const std::int32_t int_min = std::numeric_limits<std::int32_t>::min();
+    std::memcpy(min_vocab.data() + 5 * 4, &int_min, 4);  // |INT32_MIN| overflowed (fuzz_llama2c)
+    CHECK_THROWS_WITH_AS(load_llama2c(write_temp(min_vocab, "qift_min_vocab.bin")),
+                         doctest::Contains("vocab_size"), error);
     CHECK_THROWS_WITH_AS(load_llama2c(write_temp({'a', 'b'}, "qift_short.bin")),
                          doctest::Contains("too short"), error);
     CHECK_THROWS_WITH_AS(load_llama2c("/nonexistent/qift.bin"), doctest::Contains("cannot open"),

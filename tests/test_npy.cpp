@@ -6,8 +6,12 @@
 #include <qift/npy.hpp>
 
 #include <unistd.h>
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -141,7 +145,8 @@ TEST_CASE("npy: malformed and truncated files fail with clear errors") {
     fails_with(good + "xx", "2 unexpected bytes");
     fails_with(numpy_bytes("<f4", "(2, 3)", floats_le({0, 1, 2, 3, 4, 5}), true), "fortran_order");
     fails_with(numpy_bytes("<c8", "(1,)", floats_le({0, 0})), "unsupported dtype '<c8'");
-    fails_with(numpy_bytes("<f2", "(1,)", "ab"), "float16");
+    fails_with(numpy_bytes("<f1", "(1,)", "a"), "unsupported dtype '<f1'");
+    fails_with(numpy_bytes("<V4", "(1,)", "abcd"), "unsupported dtype '<V4'");
     fails_with(numpy_bytes("<f4", "(2, x)", ""), "malformed header");
     std::string missing = "{'descr': '<f4', 'shape': (1,), }";
     missing += '\n';
@@ -156,4 +161,147 @@ TEST_CASE("npy: malformed and truncated files fail with clear errors") {
     // The file name is in the message.
     CHECK_THROWS_WITH_AS(parse_npy<float>("", "weights.npy"), doctest::Contains("weights.npy"),
                          qift::error);
+}
+
+namespace {
+
+// An independent reference for IEEE binary16: (-1)^s · 2^(e-15) · (1 + m/1024), subnormals
+// 2^-14 · m/1024, in double.
+double half_reference(std::uint16_t h) {
+    const int e = (h >> 10) & 31, m = h & 1023;
+    const double sign = (h & 0x8000) ? -1.0 : 1.0;
+    if (e == 31) return m ? std::nan("") : sign * INFINITY;
+    return sign * (e == 0 ? std::ldexp(m / 1024.0, -14) : std::ldexp(1.0 + m / 1024.0, e - 15));
+}
+
+std::string u16_bytes(const std::vector<std::uint16_t>& v, bool big_endian = false) {
+    std::string s;
+    for (std::uint16_t x : v) {
+        const char lo = static_cast<char>(x & 0xff), hi = static_cast<char>(x >> 8);
+        s += big_endian ? hi : lo;
+        s += big_endian ? lo : hi;
+    }
+    return s;
+}
+
+}  // namespace
+
+TEST_CASE("npy: float16 files convert exactly, every bit pattern, both byte orders") {
+    std::vector<std::uint16_t> all(65536);
+    for (std::size_t i = 0; i < all.size(); ++i) all[i] = static_cast<std::uint16_t>(i);
+    for (const bool big : {false, true}) {
+        const std::string bytes =
+            numpy_bytes(big ? ">f2" : "<f2", "(256, 256)", u16_bytes(all, big));
+        const auto f = parse_npy<float>(bytes);
+        const auto d = parse_npy<double>(bytes);
+        REQUIRE(f.shape == std::vector<std::size_t>{256, 256});
+        std::size_t nan = 0, exact = 0;
+        for (std::size_t i = 0; i < all.size(); ++i) {
+            const double want = half_reference(all[i]);
+            if (std::isnan(want)) {
+                nan += std::isnan(f.data[i]) && std::isnan(d.data[i]);
+                continue;
+            }
+            exact += double(f.data[i]) == want && d.data[i] == want &&
+                     std::signbit(f.data[i]) == std::signbit(want);
+        }
+        CHECK(nan == 2 * 1023);
+        CHECK(exact == 65536 - 2 * 1023);
+    }
+    // What np.save writes for np.array([1, -2.5, 65504, 6e-8], dtype=np.float16).
+    const auto a =
+        parse_npy<float>(numpy_bytes("<f2", "(4,)", u16_bytes({0x3c00, 0xc100, 0x7bff, 0x0001})));
+    CHECK(a.data[0] == 1.0f);
+    CHECK(a.data[1] == -2.5f);
+    CHECK(a.data[2] == 65504.0f);
+    CHECK(a.data[3] == std::ldexp(1.0f, -24));
+    // float16 is a float type: integer T refuses it.
+    CHECK_THROWS_WITH_AS(parse_npy<std::int32_t>(numpy_bytes("<f2", "(1,)", "ab")),
+                         doctest::Contains("expected 'i4'"), qift::error);
+}
+
+TEST_CASE("npy: bfloat16 as ml_dtypes saves it ('<V2'), by name, or as uint16 bits with the flag") {
+    std::vector<std::uint16_t> all(65536);
+    for (std::size_t i = 0; i < all.size(); ++i) all[i] = static_cast<std::uint16_t>(i);
+    const std::string payload = u16_bytes(all);
+    const auto check_all = [&](const npy_array<float>& a) {
+        std::size_t nan = 0, exact = 0;
+        for (std::size_t i = 0; i < all.size(); ++i) {
+            // bfloat16 is the top half of a float32: the reference is the bit shift itself.
+            const std::uint32_t wide = std::uint32_t(all[i]) << 16;
+            float want;
+            std::memcpy(&want, &wide, 4);
+            if (std::isnan(want))
+                nan += std::isnan(a.data[i]);
+            else
+                exact += std::memcmp(&want, &a.data[i], 4) == 0;
+        }
+        CHECK(nan == 2 * 127);
+        CHECK(exact == 65536 - 2 * 127);
+    };
+    check_all(parse_npy<float>(numpy_bytes("<V2", "(65536,)", payload)));
+    check_all(parse_npy<float>(numpy_bytes("|V2", "(65536,)", payload)));
+    check_all(parse_npy<float>(numpy_bytes("bfloat16", "(65536,)", payload)));
+    check_all(
+        parse_npy<float>(numpy_bytes("<u2", "(65536,)", payload), "x", {.bfloat16_bits = true}));
+    check_all(
+        parse_npy<float>(numpy_bytes("<i2", "(65536,)", payload), "x", {.bfloat16_bits = true}));
+    check_all(parse_npy<float>(numpy_bytes(">u2", "(65536,)", u16_bytes(all, true)), "x",
+                               {.bfloat16_bits = true}));
+    const auto d = parse_npy<double>(numpy_bytes("<V2", "(2,)", u16_bytes({0x3f80, 0xc0a0})));
+    CHECK(d.data[0] == 1.0);
+    CHECK(d.data[1] == -5.0);
+    // Without the flag a uint16 file holds integers.
+    CHECK(parse_npy<float>(numpy_bytes("<u2", "(1,)", u16_bytes({0x3f80}))).data[0] == 16256.0f);
+    // The flag needs a float destination and a 16-bit integer file.
+    CHECK_THROWS_WITH_AS(
+        parse_npy<std::int32_t>(numpy_bytes("<i4", "(1,)", "abcd"), "x", {.bfloat16_bits = true}),
+        doctest::Contains("read the file into float"), qift::error);
+    CHECK_THROWS_WITH_AS(
+        parse_npy<float>(numpy_bytes("<i4", "(1,)", "abcd"), "x", {.bfloat16_bits = true}),
+        doctest::Contains("expected 16-bit integers"), qift::error);
+    // Through a file, as a matrix.
+    const auto path = temp_file("bf16.npy");
+    {
+        std::ofstream f(path, std::ios::binary);
+        const std::string b =
+            numpy_bytes("<V2", "(2, 2)", u16_bytes({0x3f80, 0x4000, 0x4040, 0x4080}));
+        f.write(b.data(), std::streamsize(b.size()));
+    }
+    const matrix<float> m = read_npy_matrix<float>(path.string());
+    CHECK(m(1, 1) == 4.0f);
+    std::filesystem::remove(path);
+}
+
+// Run by ctest's hf_prose6M test after tests/export_hf.py wrote QIFT_HF_DIR/npy with np.save.
+TEST_CASE("npy: float16 and bfloat16 files written by NumPy read exactly") {
+    const char* env = std::getenv("QIFT_HF_DIR");
+    if (!env) {
+        MESSAGE(
+            "SKIPPED: QIFT_HF_DIR is not set (ctest's hf_prose6M test runs this case after "
+            "tests/export_hf.py wrote the files)");
+        return;
+    }
+    const std::string dir = std::string(env) + "/npy/";
+    const auto h = read_npy<float>(dir + "f16_all.npy");
+    const auto hb = read_npy<double>(dir + "f16_all_be.npy");
+    const auto bv = read_npy<float>(dir + "bf16_void.npy");
+    const auto bb = read_npy<float>(dir + "bf16_bits.npy", {.bfloat16_bits = true});
+    CHECK(h.shape == std::vector<std::size_t>{256, 256});
+    std::size_t ok = 0;
+    for (std::uint32_t i = 0; i < 65536; ++i) {
+        const double want = half_reference(static_cast<std::uint16_t>(i));
+        const std::uint32_t wide = i << 16;
+        float bw;
+        std::memcpy(&bw, &wide, 4);
+        const bool h_ok = std::isnan(want) ? std::isnan(h.data[i]) && std::isnan(hb.data[i])
+                                           : double(h.data[i]) == want && hb.data[i] == want;
+        const bool b_ok = std::isnan(bw) ? std::isnan(bv.data[i]) && std::isnan(bb.data[i])
+                                         : std::memcmp(&bw, &bv.data[i], 4) == 0 &&
+                                               std::memcmp(&bw, &bb.data[i], 4) == 0;
+        ok += h_ok && b_ok;
+    }
+    CHECK(ok == 65536);
+    // Without the flag the bit patterns are integers.
+    CHECK(read_npy<float>(dir + "bf16_bits.npy").data[0x3f80] == 16256.0f);
 }

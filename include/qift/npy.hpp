@@ -17,11 +17,13 @@
 #include <vector>
 
 #include "core.hpp"
+#include "detail/float16.hpp"
 
 namespace qift {
 
 /// Element types qift reads and writes in .npy files: float32 '<f4', float64 '<f8', uint8
-/// '|u1', int8 '|i1', int32 '<i4', int64 '<i8', uint32 '<u4'.
+/// '|u1', int8 '|i1', int32 '<i4', int64 '<i8', uint32 '<u4'. Files of float16 and bfloat16
+/// are read into float or double (see parse_npy for the bfloat16 convention).
 template <class T>
 concept npy_element =
     std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, std::uint8_t> ||
@@ -33,6 +35,9 @@ struct npy_header {
     char kind = 'f';            ///< 'f' float, 'i' signed, 'u' unsigned integer
     std::size_t item_size = 0;  ///< bytes per element
     bool big_endian = false;    ///< '>' in descr (values are byte-swapped on reading)
+    /// kind 'f', item_size 2: bfloat16 rather than IEEE float16 (descr '<V2', '|V2' or
+    /// 'bfloat16', see parse_npy).
+    bool bfloat16 = false;
     bool fortran_order = false;
     std::vector<std::size_t> shape;
     std::size_t data_offset = 0;  ///< bytes before the first element
@@ -42,6 +47,13 @@ struct npy_header {
         for (std::size_t d : shape) n *= d;
         return n;
     }
+};
+
+/// Reading options. `bfloat16_bits`: a 16-bit integer file ('<u2', '<i2', big-endian too) holds
+/// bfloat16 bit patterns (PyTorch's `t.view(torch.int16).numpy()`, or `np.uint16` views of
+/// ml_dtypes arrays): read into float/double as bfloat16 values instead of as integers.
+struct npy_options {
+    bool bfloat16_bits = false;
 };
 
 /// An n-dimensional array read from a .npy file, values converted to T, C order.
@@ -198,19 +210,29 @@ inline npy_header parse_npy_header(std::string_view bytes, const std::string& wh
                             : !have_order ? "fortran_order"
                                           : "shape") +
                            "'");
-    // descr: byte order, kind, item size, e.g. '<f4', '|u1', '>f8'.
-    if (descr.size() < 3 || std::string_view("<>|=").find(descr[0]) == std::string_view::npos ||
-        std::string_view("fiu").find(descr[1]) == std::string_view::npos)
-        npy_fail(what, "unsupported dtype '" + descr +
-                           "' (expected float32/float64 or an integer type, e.g. '<f4')");
-    h.kind = descr[1];
-    const std::string size_text = descr.substr(2);
-    if (size_text != "1" && size_text != "2" && size_text != "4" && size_text != "8")
-        npy_fail(what, "unsupported dtype '" + descr + "'");
-    h.item_size = static_cast<std::size_t>(size_text[0] - '0');
-    h.big_endian = descr[0] == '>' && h.item_size > 1;
-    if (h.kind == 'f' && h.item_size < 4)
-        npy_fail(what, "unsupported dtype '" + descr + "' (float16 is not supported)");
+    // descr: byte order, kind, item size, e.g. '<f4', '|u1', '>f8', '<f2'; bfloat16 as ml_dtypes'
+    // arrays are saved ('<V2': a 2-byte void) or as some tools write its name ('bfloat16').
+    if (descr == "bfloat16" || descr == "<V2" || descr == "|V2" || descr == "=V2" ||
+        descr == ">V2") {
+        h.kind = 'f';
+        h.item_size = 2;
+        h.bfloat16 = true;
+        h.big_endian = descr[0] == '>';
+    } else {
+        if (descr.size() < 3 || std::string_view("<>|=").find(descr[0]) == std::string_view::npos ||
+            std::string_view("fiu").find(descr[1]) == std::string_view::npos)
+            npy_fail(what, "unsupported dtype '" + descr +
+                               "' (expected a float (float16/bfloat16/float32/float64) or integer "
+                               "type, e.g. '<f4')");
+        h.kind = descr[1];
+        const std::string size_text = descr.substr(2);
+        if (size_text != "1" && size_text != "2" && size_text != "4" && size_text != "8")
+            npy_fail(what, "unsupported dtype '" + descr + "'");
+        h.item_size = static_cast<std::size_t>(size_text[0] - '0');
+        h.big_endian = descr[0] == '>' && h.item_size > 1;
+        if (h.kind == 'f' && h.item_size < 2)
+            npy_fail(what, "unsupported dtype '" + descr + "' (no 1-byte float type)");
+    }
     // Shape against the file size, with overflow checks.
     std::size_t count = 1;
     for (std::size_t d : h.shape) {
@@ -229,6 +251,15 @@ inline npy_header parse_npy_header(std::string_view bytes, const std::string& wh
     return h;
 }
 
+// Tags of the 16-bit float formats: stored as uint16 bit patterns, decoded by the conversions
+// of float16.hpp (exact in float and double).
+struct npy_float16 {
+    std::uint16_t bits;
+};
+struct npy_bfloat16 {
+    std::uint16_t bits;
+};
+
 template <class S, class T>
 void npy_convert(const char* src, std::size_t count, bool swap, T* dst) {
     for (std::size_t k = 0; k < count; ++k) {
@@ -239,7 +270,12 @@ void npy_convert(const char* src, std::size_t count, bool swap, T* dst) {
                 std::swap(raw[b], raw[sizeof(S) - 1 - b]);
         S v;
         std::memcpy(&v, raw, sizeof(S));
-        dst[k] = static_cast<T>(v);
+        if constexpr (std::is_same_v<S, npy_float16>)
+            dst[k] = static_cast<T>(half_to_float(v.bits));
+        else if constexpr (std::is_same_v<S, npy_bfloat16>)
+            dst[k] = static_cast<T>(bfloat16_to_float(v.bits));
+        else
+            dst[k] = static_cast<T>(v);
     }
 }
 
@@ -254,13 +290,23 @@ inline std::string read_file_bytes(const std::string& path) {
 }  // namespace detail
 
 /// Parses a whole .npy image held in memory (`what` names it in error messages) into an array
-/// of T. Accepted: versions 1.0–3.0, C order, dtypes '<f4' '<f8' (and big-endian '>'),
-/// integer dtypes. Floating-point T accepts float and integer files; integer T requires the
-/// file's exact dtype. Throws qift::error on a bad magic string or version, a malformed or
+/// of T. Accepted: versions 1.0–3.0, C order, dtypes '<f2' '<f4' '<f8' (and big-endian '>'),
+/// bfloat16, integer dtypes. Floating-point T accepts float and integer files; integer T
+/// requires the file's exact dtype. float16 and bfloat16 values convert exactly (every finite
+/// value, ±inf; a NaN stays a NaN).
+///
+/// bfloat16 convention: NumPy has no bfloat16, so a bfloat16 file is one of
+///   - descr '<V2' (or '|V2'): what np.save writes for an ml_dtypes.bfloat16 array (its dtype
+///     is a 2-byte void to NumPy); every 2-byte void array is taken to be bfloat16;
+///   - descr 'bfloat16': a header written by hand with the dtype's name;
+///   - a '<u2'/'<i2' file of bit patterns, read with `opt.bfloat16_bits` set (without the
+///     flag it is an integer array).
+/// Throws qift::error on a bad magic string or version, a malformed or
 /// incomplete header dict, an unsupported or mismatched dtype, fortran_order True, or a data
 /// size that does not match the shape (truncated or trailing bytes).
 template <npy_element T>
-npy_array<T> parse_npy(std::string_view bytes, const std::string& what = "buffer") {
+npy_array<T> parse_npy(std::string_view bytes, const std::string& what = "buffer",
+                       npy_options opt = {}) {
     const npy_header h = detail::parse_npy_header(bytes, what);
     if (h.fortran_order)
         detail::npy_fail(what,
@@ -271,6 +317,14 @@ npy_array<T> parse_npy(std::string_view bytes, const std::string& what = "buffer
             detail::npy_fail(what, "dtype is '" + std::string(1, h.kind) +
                                        std::to_string(h.item_size) + "', expected '" +
                                        detail::npy_descr<T>().substr(1) + "'");
+    if constexpr (!std::is_floating_point_v<T>)
+        if (opt.bfloat16_bits)
+            detail::npy_fail(what, "bfloat16_bits is set: read the file into float or double");
+    if constexpr (std::is_floating_point_v<T>)
+        if (opt.bfloat16_bits && (h.kind == 'i' || h.kind == 'u') && h.item_size != 2)
+            detail::npy_fail(what, "bfloat16_bits is set but the dtype is '" +
+                                       std::string(1, h.kind) + std::to_string(h.item_size) +
+                                       "', expected 16-bit integers ('<u2' or '<i2')");
     npy_array<T> a;
     a.shape = h.shape;
     const std::size_t count = h.elements();
@@ -280,9 +334,15 @@ npy_array<T> parse_npy(std::string_view bytes, const std::string& what = "buffer
     const auto go = [&](auto tag) {
         detail::npy_convert<decltype(tag)>(src, count, swap, a.data.data());
     };
+    if (h.item_size == 2 && (h.bfloat16 || (h.kind != 'f' && opt.bfloat16_bits))) {
+        go(detail::npy_bfloat16{});
+        return a;
+    }
     switch (h.kind) {
         case 'f':
-            h.item_size == 4 ? go(float{}) : go(double{});
+            h.item_size == 2   ? go(detail::npy_float16{})
+            : h.item_size == 4 ? go(float{})
+                               : go(double{});
             break;
         case 'i':
             h.item_size == 1   ? go(std::int8_t{})
@@ -301,15 +361,15 @@ npy_array<T> parse_npy(std::string_view bytes, const std::string& what = "buffer
 
 /// Reads the .npy file at `path` (see parse_npy for what is accepted and checked).
 template <npy_element T>
-npy_array<T> read_npy(const std::string& path) {
-    return parse_npy<T>(detail::read_file_bytes(path), path);
+npy_array<T> read_npy(const std::string& path, npy_options opt = {}) {
+    return parse_npy<T>(detail::read_file_bytes(path), path, opt);
 }
 
 /// Reads a 2-D .npy file into a matrix<T> [shape[0]][shape[1]]; a 1-D array of length n becomes
 /// a 1×n matrix. Throws qift::error for other ranks (and everything read_npy rejects).
 template <npy_element T>
-matrix<T> read_npy_matrix(const std::string& path) {
-    npy_array<T> a = read_npy<T>(path);
+matrix<T> read_npy_matrix(const std::string& path, npy_options opt = {}) {
+    npy_array<T> a = read_npy<T>(path, opt);
     if (a.shape.size() != 1 && a.shape.size() != 2)
         detail::npy_fail(
             path, "expected a 2-D array, got " + std::to_string(a.shape.size()) + " dimensions");

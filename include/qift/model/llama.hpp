@@ -281,12 +281,12 @@ class llama_state {
                 caches_.emplace_back(std::in_place_type<float_kv_cache>, hd,
                                      std::size_t(c.n_kv_heads), cap_);
         }
-        // RoPE: angle pos·10000^(−2i/head_dim), computed in double, stored as float.
+        // RoPE: angle pos·θ^(−2i/head_dim) (θ = rope_theta), computed in double, stored as float.
         cos_.resize(cap_ * half);
         sin_.resize(cap_ * half);
         for (std::size_t p = 0; p < cap_; ++p)
             for (std::size_t i = 0; i < half; ++i) {
-                const double freq = std::pow(10000.0, -double(2 * i) / double(hd));
+                const double freq = std::pow(double(c.rope_theta), -double(2 * i) / double(hd));
                 cos_[p * half + i] = float(std::cos(double(p) * freq));
                 sin_[p * half + i] = float(std::sin(double(p) * freq));
             }
@@ -327,13 +327,13 @@ class llama_state {
 
 namespace detail {
 
-/// RMSNorm of every row (eps 1e-5, sum of squares in double), times the gain when not empty.
+/// RMSNorm of every row (sum of squares in double), times the gain when not empty.
 inline void rmsnorm_rows(matrix_view<const float> x, std::span<const float> gain,
-                         matrix_view<float> out) noexcept {
+                         matrix_view<float> out, float eps = 1e-5f) noexcept {
     for (std::size_t t = 0; t < x.rows; ++t) {
         double ss = 0.0;
         for (std::size_t i = 0; i < x.cols; ++i) ss += double(x(t, i)) * double(x(t, i));
-        const float r = 1.0f / std::sqrt(static_cast<float>(ss / double(x.cols)) + 1e-5f);
+        const float r = 1.0f / std::sqrt(static_cast<float>(ss / double(x.cols)) + eps);
         for (std::size_t i = 0; i < x.cols; ++i)
             out(t, i) = x(t, i) * r * (gain.empty() ? 1.0f : gain[i]);
     }
@@ -381,7 +381,7 @@ inline void forward_block(const llama_model& m, std::size_t layer, llama_state& 
     auto xb = s.xb_.view(M, d), q = s.q_.view(M, d), k = s.k_.view(M, kvd), v = s.v_.view(M, kvd),
          att = s.att_.view(M, d), o = s.o_.view(M, d), h1 = s.h1_.view(M, hidden),
          h3 = s.h3_.view(M, hidden);
-    detail::rmsnorm_rows(x, b.rms_att, xb);
+    detail::rmsnorm_rows(x, b.rms_att, xb, c.norm_eps);
     observe(input_site::attention, xb);
     b[linear_id::wq].forward(s.in_, q);
     b[linear_id::wk].forward(s.in_, k);
@@ -399,7 +399,7 @@ inline void forward_block(const llama_model& m, std::size_t layer, llama_state& 
     b[linear_id::wo].forward(s.in_, o);
     for (std::size_t t = 0; t < M; ++t)
         for (std::size_t i = 0; i < d; ++i) x(t, i) += o(t, i);
-    detail::rmsnorm_rows(x, b.rms_ffn, xb);
+    detail::rmsnorm_rows(x, b.rms_ffn, xb, c.norm_eps);
     observe(input_site::ffn, xb);
     b[linear_id::w1].forward(s.in_, h1);
     b[linear_id::w3].forward(s.in_, h3);
@@ -422,7 +422,7 @@ inline matrix_view<const float> classify(const llama_model& m, llama_state& s,
                                          matrix_view<const float> x) {
     const std::size_t M = x.rows, d = std::size_t(m.config.dim);
     auto xb = s.xb_.view(M, d);
-    detail::rmsnorm_rows(x, m.rms_final, xb);
+    detail::rmsnorm_rows(x, m.rms_final, xb, m.config.norm_eps);
     s.in_.reset(xb);
     auto logits = s.logits_.view(M, std::size_t(m.config.vocab_size));
     m.classifier.forward(s.in_, logits);

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,10 +18,14 @@ namespace qift {
 
 /// The 7-int32 header. `shared_classifier` is true when the file's vocab_size was positive
 /// (the classifier reuses the token embedding); vocab_size is stored here as its magnitude.
+/// `rope_theta` (RoPE frequency rope_theta^(−2i/head_dim)) and `norm_eps` (RMSNorm ε) are not
+/// in llama2.c files: its constants by default; Hugging Face configs set them (model/hf.hpp).
 struct llama2c_config {
     int dim = 0, hidden_dim = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, vocab_size = 0,
         seq_len = 0;
     bool shared_classifier = true;
+    float rope_theta = 10000.0f;
+    float norm_eps = 1e-5f;
 
     int head_dim() const noexcept { return dim / n_heads; }
     int kv_dim() const noexcept { return head_dim() * n_kv_heads; }
@@ -105,7 +110,11 @@ inline llama2c_model load_llama2c(const std::string& path) {
     });
     llama2c_model m;
     auto& c = m.config;
-    c = {h[0], h[1], h[2], h[3], h[4], h[5] < 0 ? -h[5] : h[5], h[6], h[5] > 0};
+    // |vocab_size|: INT32_MIN has no magnitude in int32, so it becomes 0, which the check refuses.
+    const std::int32_t vocab = h[5] == std::numeric_limits<std::int32_t>::min() ? 0
+                               : h[5] < 0                                       ? -h[5]
+                                                                                : h[5];
+    c = {h[0], h[1], h[2], h[3], h[4], vocab, h[6], h[5] > 0};
     detail::check_llama2c_config(c, path);
     const std::uint64_t expected = 28 + 4 * llama2c_float_count(c);
     detail::require(static_cast<std::uint64_t>(file_size) == expected, [&] {
