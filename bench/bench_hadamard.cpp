@@ -1,15 +1,18 @@
 // SPDX-License-Identifier: MIT
-// Single-thread float32 Hadamard transform against the textbook radix-2 loop compiled in the
-// same binary: ns/transform, ns/element and the speedup over the baseline measured just before.
+// Single-thread float32 Hadamard transform against the textbook radix-2 loop and (n = K·2^m)
+// the previous dense block-mix path, compiled in the same binary: ns/transform, ns/element, the
+// speedups, and the ratio to the power of two nearest n measured earlier in the same run.
 #include <qift/hadamard.hpp>
 
 #include <benchmark/benchmark.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <map>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -51,6 +54,62 @@ struct textbook_composite {
         std::copy(scratch.begin(), scratch.end(), x);
     }
 };
+
+// The previous qift path for n = K·2^m, kept here as the baseline of the any-size kernels: the
+// FWHT of each row, then every Paley block as a dense ±1 register-blocked product
+// (hadamard_mix_kernel) on each outer panel, its narrow columns scalar.
+struct previous_path {
+    std::size_t n = 0, len = 0;
+    std::vector<std::size_t> blocks;
+    std::vector<qift::aligned_vector<float>> packed;
+    qift::aligned_vector<float> scratch;
+
+    explicit previous_path(std::size_t size) : n(size), scratch(size) {
+        const auto f = qift::find_hadamard_factorization(n);
+        len = f->power_of_two;
+        blocks = f->blocks;
+        for (std::size_t k : blocks) {
+            const std::vector<std::int8_t> h = qift::detail::paley_matrix(k);
+            const std::vector<float> hf(h.begin(), h.end());
+            packed.emplace_back((k + 3) / 4 * 4 * k);
+            qift::detail::pack_mix_coefficients(hf.data(), k, packed.back().data());
+        }
+    }
+
+    void operator()(float* x) {
+        for (std::size_t r = 0; r < n; r += len)
+            qift::detail::fwht_kernel{}(xsimd::default_arch{}, x + r, len, 1.0f);
+        std::size_t outer = 1;
+        for (std::size_t t = 0; t < blocks.size(); ++t) {
+            const std::size_t k = blocks[t], inner = n / outer / k;
+            for (std::size_t o = 0; o < outer; ++o) {
+                float* panel = x + o * k * inner;
+                qift::detail::hadamard_mix_kernel{}(xsimd::default_arch{}, packed[t].data(), k,
+                                                    panel, scratch.data(), inner);
+                std::copy_n(scratch.data(), k * inner, panel);
+            }
+            outer *= k;
+        }
+    }
+};
+
+std::map<std::size_t, double>& previous_ns() {
+    static std::map<std::size_t, double> m;
+    return m;
+}
+
+// ns/element of qift's transform at each power of two, for the x_pow2 ratio.
+std::map<std::size_t, double>& pow2_ns_per_element() {
+    static std::map<std::size_t, double> m;
+    return m;
+}
+
+void ratio_to_pow2(benchmark::State& state, std::size_t n, double ns) {
+    const double lg = std::log2(static_cast<double>(n));
+    const std::size_t nearest = std::size_t{1} << static_cast<unsigned>(std::lround(lg));
+    if (auto it = pow2_ns_per_element().find(nearest); it != pow2_ns_per_element().end())
+        state.counters["x_pow2"] = ns / static_cast<double>(n) / it->second;
+}
 
 std::map<std::size_t, double>& baseline_ns() {
     static std::map<std::size_t, double> m;
@@ -102,6 +161,11 @@ void bench_textbook(benchmark::State& state, std::size_t n) {
     baseline_ns()[n] = ns;
 }
 
+void bench_previous(benchmark::State& state, std::size_t n) {
+    previous_path p(n);
+    previous_ns()[n] = run(state, n, [&p](float* x) { p(x); });
+}
+
 template <class Arch>
 void bench_qift(benchmark::State& state, std::size_t n) {
     const double ns = run(state, n, [n](float* x) {
@@ -109,24 +173,56 @@ void bench_qift(benchmark::State& state, std::size_t n) {
     });
     if (auto it = baseline_ns().find(n); it != baseline_ns().end())
         state.counters["speedup"] = it->second / ns;
+    if (auto it = previous_ns().find(n); it != previous_ns().end())
+        state.counters["vs_previous"] = it->second / ns;
+    if (is_power_of_two(n) && std::is_same_v<Arch, xsimd::default_arch>)
+        pow2_ns_per_element()[n] = ns / static_cast<double>(n);
+    else
+        ratio_to_pow2(state, n, ns);
+}
+
+// The rotation objects (orthonormal, seeded signs): `any` (true Hadamard where one exists),
+// `kronecker` (seeded orthogonal K ⊗ FWHT) and `dense` (the O(n²) fallback) at the same n.
+void bench_rotation(benchmark::State& state, std::size_t n, qift::rotation_construction c) {
+    const qift::rotation rot = qift::rotation::make(n, {c, 7});
+    // Orthonormal: values stay finite however many iterations run.
+    const double ns = run(state, n, [&rot, n](float* x) { rot.apply(std::span<float>(x, n)); });
+    ratio_to_pow2(state, n, ns);
+    if (auto it = previous_ns().find(n); it != previous_ns().end())
+        state.counters["vs_previous"] = it->second / ns;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+    // Powers of two first: the other sizes report their ratio to the nearest one (x_pow2).
     std::vector<std::size_t> sizes;
-    for (std::size_t n = 256; n <= 65536; n *= 2) sizes.push_back(n);
-    sizes.push_back(11008);
-    sizes.push_back(14336);
+    for (std::size_t n = 128; n <= 65536; n *= 2) sizes.push_back(n);
+    for (std::size_t n : {11008u, 14336u, 13824u, 18944u, 28672u, 172u, 688u}) sizes.push_back(n);
+    using qift::rotation_construction;
     for (std::size_t n : sizes) {
         const std::string suffix = std::string("/").append(std::to_string(n));
-        benchmark::RegisterBenchmark(("textbook" + suffix).c_str(), bench_textbook, n);
-        benchmark::RegisterBenchmark(("qift" + suffix).c_str(), bench_qift<xsimd::default_arch>, n);
+        if (qift::is_hadamard_size(n)) {
+            benchmark::RegisterBenchmark(("textbook" + suffix).c_str(), bench_textbook, n);
+            if (!is_power_of_two(n))
+                benchmark::RegisterBenchmark(("previous_dense_mix" + suffix).c_str(),
+                                             bench_previous, n);
+            benchmark::RegisterBenchmark(("qift" + suffix).c_str(), bench_qift<xsimd::default_arch>,
+                                         n);
 #if XSIMD_WITH_AVX512F && XSIMD_WITH_FMA3_AVX2
-        // The AVX2 kernel in the same binary, for the AVX2-versus-AVX-512 comparison.
-        benchmark::RegisterBenchmark(("qift_avx2" + suffix).c_str(),
-                                     bench_qift<xsimd::fma3<xsimd::avx2>>, n);
+            // The AVX2 kernel in the same binary, for the AVX2-versus-AVX-512 comparison.
+            benchmark::RegisterBenchmark(("qift_avx2" + suffix).c_str(),
+                                         bench_qift<xsimd::fma3<xsimd::avx2>>, n);
 #endif
+        }
+        if (is_power_of_two(n)) continue;
+        benchmark::RegisterBenchmark(("rotation_any" + suffix).c_str(), bench_rotation, n,
+                                     rotation_construction::any);
+        benchmark::RegisterBenchmark(("rotation_kronecker" + suffix).c_str(), bench_rotation, n,
+                                     rotation_construction::kronecker);
+        if (n <= 1024)
+            benchmark::RegisterBenchmark(("rotation_dense" + suffix).c_str(), bench_rotation, n,
+                                         rotation_construction::dense);
     }
     benchmark::Initialize(&argc, argv);
     benchmark::RunSpecifiedBenchmarks();

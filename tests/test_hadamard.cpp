@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -442,4 +443,305 @@ TEST_CASE("rotation: folding the rotation into weights leaves x·Wᵀ unchanged 
     rot.apply(x_rot);
     const std::vector<double> y = matvec(w, x), y_rot = matvec(w_rot, x_rot);
     CHECK(relative_error(std::vector<float>(y_rot.begin(), y_rot.end()), y) < 1e-5);
+}
+
+// ---------------------------------------------------------------------------------------
+// Any-size rotations: the short-row FWHT, the narrow mix, the Paley II pairs, the Jacobsthal
+// DFT and the seeded Kronecker construction.
+
+namespace {
+
+template <class Arch>
+void check_any_size_kernels() {
+    constexpr std::size_t w = xsimd::batch<float, Arch>::size;
+    // Short rows: every power-of-two length up to the register width, n not a multiple of it.
+    for (std::size_t len = 1; len <= w; len *= 2)
+        for (std::size_t rows : {1u, 3u, 5u, 17u, 40u}) {
+            CAPTURE(len);
+            CAPTURE(rows);
+            const std::size_t n = len * rows;
+            const std::vector<float> x = random_vector(n, static_cast<std::uint32_t>(n + len));
+            std::vector<float> a = x, b = x;
+            qift::detail::fwht_short_rows_kernel{}(Arch{}, a.data(), n, len, 0.3f);
+            for (std::size_t r = 0; r < n; r += len)
+                qift::detail::fwht_reference(b.data() + r, len, 0.3f);
+            CHECK(relative_error(a, b) < 1e-6);
+        }
+    // Many rows of a leaf-sized length in one pass.
+    for (std::size_t len = 2 * w; len <= 1024; len *= 2) {
+        CAPTURE(len);
+        const std::size_t n = len * 7;
+        const std::vector<float> x = random_vector(n, 3);
+        std::vector<float> a = x, b = x;
+        qift::detail::fwht_kernel{}.rows(Arch{}, a.data(), n, len, 0.5f);
+        for (std::size_t r = 0; r < n; r += len)
+            qift::detail::fwht_reference(b.data() + r, len, 0.5f);
+        CHECK(relative_error(a, b) < 1e-6);
+    }
+    // Narrow mix: odd k, column ranges of every length 1..5 inside wider panels.
+    for (std::size_t k : {1u, 3u, 12u, 43u, 70u, 173u}) {
+        for (std::size_t cols : {1u, 2u, 3u, 5u, 9u, 21u}) {
+            CAPTURE(k);
+            CAPTURE(cols);
+            const std::vector<float> h = random_vector(k * k, 5);
+            const std::vector<float> in = random_vector(k * cols, 6);
+            std::vector<float> a(k * cols, 0.0f), b(k * cols, 0.0f);
+            qift::aligned_vector<float> cm(qift::detail::narrow_mix_stride(k) * k);
+            qift::detail::pack_narrow_mix_coefficients(h.data(), k, cm.data());
+            qift::detail::narrow_mix_kernel{}(Arch{}, cm.data(), k, in.data(), a.data(), cols, 0,
+                                              cols);
+            qift::detail::hadamard_mix_reference(h.data(), k, in.data(), b.data(), cols);
+            CHECK(relative_error(a, b) < 1e-6);
+            // Only the asked columns are written.
+            std::vector<float> c(k * cols, 7.0f);
+            qift::detail::narrow_mix_kernel{}(Arch{}, cm.data(), k, in.data(), c.data(), cols,
+                                              cols / 2, cols);
+            for (std::size_t i = 0; i < k; ++i)
+                for (std::size_t col = 0; col < cols; ++col) {
+                    const float want = col < cols / 2 ? 7.0f : b[i * cols + col];
+                    REQUIRE(std::abs(c[i * cols + col] - want) <= 1e-4f * (1.0f + std::abs(want)));
+                }
+        }
+    }
+    // The Jacobsthal core by DFT against the dense core: q = 27, 49, 81, 125, 169, 243, 343
+    // (p = 3, 7, 3, 5, 13, 3, 7), forward and transposed, several panel widths.
+    const std::pair<int, std::size_t> fields[] = {{1, 27},  {2, 49},  {2, 81}, {2, 125},
+                                                  {2, 169}, {1, 243}, {1, 343}};
+    for (const auto& [kind, q] : fields) {
+        qift::detail::paley_core pc;
+        pc.kind = kind;
+        pc.q = q;
+        const auto pk = *qift::detail::as_prime_power(q);
+        pc.p = pk.p;
+        pc.r = pk.k;
+        pc.chi = qift::detail::galois_field(pk).quadratic_character();
+        const std::size_t c = kind == 1 ? q + 1 : 2 * (q + 1);
+        const std::size_t m = pc.order();
+        const auto lambda = qift::detail::jacobsthal_eigenvalues(pc);
+        for (bool transpose : {false, true}) {
+            if (pc.kind == 2 && transpose) continue;  // symmetric
+            const double eps = transpose ? -1.0 : 1.0;
+            std::vector<float> mul(2 * pc.q);
+            for (std::size_t u = 0; u < pc.q; ++u) {
+                const auto v = (1.0 + eps * lambda[u]) / static_cast<double>(pc.q);
+                mul[2 * u] = static_cast<float>(v.real());
+                mul[2 * u + 1] = static_cast<float>(v.imag());
+            }
+            qift::detail::jacobsthal_dft_params prm;
+            prm.p = pc.p;
+            prm.r = pc.r;
+            prm.q = pc.q;
+            prm.tau = transpose ? -1 : 1;
+            prm.sigma = transpose ? 1 : pc.sigma();
+            prm.mul = mul.data();
+            // The dense core of this field, built independently of the eigenvalues.
+            const qift::detail::galois_field field(qift::detail::prime_power{pc.p, pc.r});
+            const std::vector<std::int8_t> core = pc.matrix(field);
+            std::vector<float> h(m * m);
+            for (std::size_t i = 0; i < m; ++i)
+                for (std::size_t j = 0; j < m; ++j)
+                    h[i * m + j] = transpose ? core[j * m + i] : core[i * m + j];
+            for (std::size_t cols : {std::size_t{2} * w, 4 * w, 6 * w}) {
+                CAPTURE(c);
+                CAPTURE(m);
+                CAPTURE(transpose);
+                CAPTURE(cols);
+                const std::vector<float> x = random_vector(m * cols, static_cast<std::uint32_t>(m));
+                std::vector<float> a = x, b(m * cols);
+                qift::detail::jacobsthal_dft_kernel{}(Arch{}, prm, a.data(), cols);
+                qift::detail::hadamard_mix_reference(h.data(), m, x.data(), b.data(), cols);
+                CHECK(relative_error(a, b) < 2e-6);
+            }
+        }
+    }
+    // Whole blocks (pairs, DFT, dense and narrow forms) against the dense Paley matrix.
+    for (std::size_t c : {12u, 20u, 36u, 52u, 76u, 148u, 244u, 340u, 344u}) {
+        const qift::detail::kron_block b = qift::detail::make_paley_block(c);
+        const std::vector<std::int8_t> hp = qift::detail::paley_matrix(c);
+        for (bool transpose : {false, true})
+            for (std::size_t cols :
+                 {std::size_t{1}, std::size_t{2}, std::size_t{3}, w, 2 * w, 5 * w, 5 * w + 3}) {
+                CAPTURE(c);
+                CAPTURE(transpose);
+                CAPTURE(cols);
+                std::vector<float> h(c * c);
+                for (std::size_t i = 0; i < c; ++i)
+                    for (std::size_t j = 0; j < c; ++j)
+                        h[i * c + j] = transpose ? hp[j * c + i] : hp[i * c + j];
+                const std::vector<float> x =
+                    random_vector(c * cols, static_cast<std::uint32_t>(c + cols));
+                std::vector<float> a = x, b2(c * cols), scratch(c * cols);
+                qift::detail::apply_kron_block<Arch>(b, a.data(), cols, transpose, scratch.data());
+                qift::detail::hadamard_mix_reference(h.data(), c, x.data(), b2.data(), cols);
+                CHECK(relative_error(a, b2) < 2e-6);
+            }
+    }
+}
+
+}  // namespace
+
+TEST_CASE("hadamard: the any-size kernels match their scalar references on every target") {
+    CHECK(qift::detail::make_paley_block(344).dft_p == 7);
+    CHECK(qift::detail::make_paley_block(148).pairs);
+    CHECK(qift::detail::make_paley_block(340).dft_p == 13);
+#if XSIMD_WITH_AVX512F
+    SUBCASE("avx512f") {
+        check_any_size_kernels<xsimd::avx512f>();
+    }
+#endif
+#if XSIMD_WITH_FMA3_AVX2
+    SUBCASE("fma3<avx2>") {
+        check_any_size_kernels<xsimd::fma3<xsimd::avx2>>();
+    }
+#endif
+#if XSIMD_WITH_SSE2
+    SUBCASE("sse2") {
+        check_any_size_kernels<xsimd::sse2>();
+    }
+#endif
+    SUBCASE("default_arch") {
+        check_any_size_kernels<xsimd::default_arch>();
+    }
+}
+
+namespace {
+
+// H_K = H_{blocks[0]} ⊗ H_{blocks[1]} ⊗ ... from the Paley matrices, as ±1 ints.
+std::vector<int> block_product(const std::vector<std::size_t>& blocks, std::size_t& size) {
+    std::vector<int> m{1};
+    size = 1;
+    for (std::size_t k : blocks) {
+        const std::vector<std::int8_t> b = qift::detail::paley_matrix(k);
+        const std::size_t s = size * k;
+        std::vector<int> out(s * s);
+        for (std::size_t i = 0; i < s; ++i)
+            for (std::size_t j = 0; j < s; ++j)
+                out[i * s + j] = m[(i / k) * size + j / k] * b[(i % k) * k + j % k];
+        m = std::move(out);
+        size = s;
+    }
+    return m;
+}
+
+}  // namespace
+
+TEST_CASE("hadamard: the fast transform equals H_K ⊗ H_L at the LLM sizes, sampled rows") {
+    // 11008 = 344·32 (DFT over GF(7³)), 10880 = 340·32 (Paley II pairs + DFT over GF(13²)),
+    // 15616 = 244·64 (DFT over GF(3⁵)), 1376 = 344·4 (narrow), 13824 = 12³·8 (gathered),
+    // 18944 = 148·128 (Paley II pairs, dense core), 14336 = 28·512.
+    for (std::size_t n : {11008u, 10880u, 15616u, 1376u, 13824u, 18944u, 14336u}) {
+        CAPTURE(n);
+        const auto f = qift::find_hadamard_factorization(n);
+        REQUIRE(f.has_value());
+        std::size_t k = 0;
+        const std::vector<int> hk = block_product(f->blocks, k);
+        const std::size_t len = f->power_of_two;
+        REQUIRE(k * len == n);
+        const std::vector<float> x = random_vector(n, static_cast<std::uint32_t>(n));
+        const double s = 1.0 / std::sqrt(static_cast<double>(n));
+        for (bool transpose : {false, true}) {
+            CAPTURE(transpose);
+            std::vector<float> y = x;
+            if (transpose)
+                qift::hadamard_transform_transpose(y);
+            else
+                qift::hadamard_transform(y);
+            double err = 0, ref2 = 0;
+            for (std::size_t t = 0; t < 97; ++t) {
+                const std::size_t i = t == 0 ? 0 : t == 1 ? n - 1 : (t * 7919u) % n;
+                double acc = 0;
+                for (std::size_t j = 0; j < n; ++j) {
+                    const std::size_t a = transpose ? j : i, b = transpose ? i : j;
+                    const int sylvester = std::popcount((a % len) & (b % len)) & 1 ? -1 : 1;
+                    acc += hk[(a / len) * k + b / len] * sylvester * static_cast<double>(x[j]);
+                }
+                acc *= s;
+                err += (y[i] - acc) * (y[i] - acc);
+                ref2 += acc * acc;
+            }
+            CHECK(std::sqrt(err / ref2) < 1e-6);
+        }
+    }
+}
+
+namespace {
+
+// Q = (Q_K ⊗ H_L/√L)·D of rotation::kronecker, built densely from its documented parts.
+qift::matrix<float> kronecker_reference(std::size_t n, std::uint64_t seed) {
+    const auto shape = qift::detail::odd_split(n);
+    const std::size_t len = shape.power_of_two, k = n / len;
+    const qift::matrix<float> qk =
+        k > 1 ? qift::detail::random_orthogonal_matrix(k, ~seed) : qift::matrix<float>(1, 1, 1.0f);
+    const qift::matrix<float> hl = qift::hadamard_matrix(len);
+    std::vector<float> signs(n, 1.0f);
+    std::uint64_t state = seed;
+    for (std::size_t i = 0; seed != 0 && i < n; i += 64) {
+        const std::uint64_t bits = qift::detail::splitmix64(state);
+        for (std::size_t b = 0; b < 64 && i + b < n; ++b)
+            signs[i + b] = (bits >> b) & 1 ? -1.0f : 1.0f;
+    }
+    const double s = 1.0 / std::sqrt(static_cast<double>(len));
+    qift::matrix<float> q(n, n);
+    for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = 0; j < n; ++j)
+            q(i, j) =
+                static_cast<float>(qk(i / len, j / len) * hl(i % len, j % len) * s * signs[j]);
+    return q;
+}
+
+}  // namespace
+
+TEST_CASE("rotation: seeded Kronecker construction for every n and the make() choices") {
+    // Orthogonal to 1e-5, exactly invertible, folds consistent, against the explicit product.
+    for (std::size_t n : {1u, 5u, 21u, 37u, 3u * 64u, 5u * 32u, 7u * 16u, 172u, 64u, 688u}) {
+        CAPTURE(n);
+        const auto rot = qift::rotation::kronecker(n, 11);
+        CHECK(rot.type() == qift::rotation::kind::kronecker);
+        check_rotation(rot);
+        const qift::matrix<float> q = rot.to_matrix(), ref = kronecker_reference(n, 11);
+        double worst = 0;
+        for (std::size_t i = 0; i < n; ++i)
+            for (std::size_t j = 0; j < n; ++j)
+                worst = std::max(worst, static_cast<double>(std::abs(q(i, j) - ref(i, j))));
+        CHECK(worst < 1e-5);
+    }
+    // Large sizes: round trip and norm only (to_matrix would be n² floats).
+    for (std::size_t n : {11008u, 13824u, 18944u, 43u * 256u + 0u, 1000u * 8u}) {
+        CAPTURE(n);
+        const auto rot = qift::rotation::kronecker(n, 5);
+        const std::vector<float> x = random_vector(n, 8);
+        std::vector<float> y = x;
+        rot.apply(y);
+        CHECK(std::abs(norm(y) / norm(x) - 1.0) < 1e-5);
+        rot.apply_transpose(y);
+        CHECK(relative_error(y, x) < 1e-5);
+    }
+    // Deterministic for a seed, different for another.
+    const auto a = qift::rotation::kronecker(172, 3).to_matrix();
+    const auto b = qift::rotation::make(172, {qift::rotation_construction::any, 3}).to_matrix();
+    const auto c = qift::rotation::kronecker(172, 4).to_matrix();
+    CHECK(std::equal(a.flat().begin(), a.flat().end(), b.flat().begin()));
+    CHECK_FALSE(std::equal(a.flat().begin(), a.flat().end(), c.flat().begin()));
+    // The choices.
+    using qift::rotation_construction;
+    CHECK(qift::rotation::make(11008, {rotation_construction::any, 1}).type() ==
+          qift::rotation::kind::hadamard);
+    CHECK(qift::rotation::make(172, {rotation_construction::any, 1}).type() ==
+          qift::rotation::kind::kronecker);
+    CHECK(qift::rotation::make(172, {rotation_construction::dense, 1}).type() ==
+          qift::rotation::kind::random_orthogonal);
+    CHECK(qift::rotation::make(11008, {rotation_construction::kronecker, 1}).type() ==
+          qift::rotation::kind::kronecker);
+    CHECK(qift::rotation::make(64).type() == qift::rotation::kind::hadamard);
+    CHECK_THROWS_WITH_AS(qift::rotation::make(172, {rotation_construction::hadamard, 1}),
+                         doctest::Contains("n = 172"), qift::error);
+    CHECK_THROWS_WITH_AS(qift::rotation::kronecker(0, 1), doctest::Contains("n = 0"), qift::error);
+    CHECK_THROWS_AS(qift::rotation::make(0), qift::error);
+    CHECK_THROWS_AS(qift::rotation::make(16, {static_cast<rotation_construction>(9), 1}),
+                    qift::error);
+    // Power of two: the Kronecker construction is the randomized Hadamard rotation.
+    const auto k64 = qift::rotation::kronecker(64, 9).to_matrix();
+    const auto h64 = qift::rotation::hadamard(64, 9).to_matrix();
+    for (std::size_t i = 0; i < 64 * 64; ++i)
+        REQUIRE(std::abs(k64.flat()[i] - h64.flat()[i]) < 1e-6f);
 }

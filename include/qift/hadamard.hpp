@@ -8,10 +8,13 @@
 #include "detail/hadamard_construct.hpp"
 #include "detail/hadamard_kernels.hpp"
 
+#include <array>
 #include <bit>
 #include <cmath>
+#include <complex>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <numbers>
@@ -91,8 +94,10 @@ namespace detail {
         msg += std::to_string(near.above);
     }
     msg +=
-        "; for this size use qift::rotation::random_orthogonal(n, seed), or "
-        "qift::rotation::for_size(n, seed), which falls back to it";
+        "; for this size use qift::rotation::make(n, {rotation_construction::any, seed}) (a "
+        "seeded orthogonal K×K ⊗ FWHT, about the FWHT's cost), "
+        "qift::rotation::random_orthogonal(n, seed) (dense), or "
+        "qift::rotation::for_size(n, seed), which falls back to the dense one";
     fail(msg);
 }
 
@@ -102,33 +107,86 @@ inline hadamard_blocks require_hadamard_size(const char* where, std::size_t n) {
     return *f;
 }
 
-/// The precomputed pieces of the order-n transform: each block's ±1 matrix and its transpose
-/// as floats in the layout of pack_mix_coefficients, ready for hadamard_mix_kernel. Immutable and
-/// shared between threads.
+/// One factor H_K (or Q_K) of a transform (H_K ⊗ H_L), ready for apply_kron_block: the dense
+/// coefficients of its core in the two kernel layouts, forward and transposed, and for Paley
+/// blocks over GF(p^r) with r >= 2 the DFT form of the Jacobsthal core. A Paley II block runs as
+/// the H_2 row pairs around its conference core of order K/2 (half the multiply-adds).
+struct kron_block {
+    std::size_t order = 0;  ///< K
+    bool pairs = false;     ///< Paley II: core = C + I of order K/2 on row pairs
+    std::size_t core = 0;   ///< order of the core matrix (K, or K/2 with pairs)
+    std::array<aligned_vector<float>, 2> packed, narrow;  ///< [0] core, [1] its transpose
+    std::size_t dft_p = 0;                                ///< 0: no DFT form
+    unsigned dft_r = 0;
+    std::array<int, 2> tau{1, 1}, sigma{1, 1};
+    std::array<aligned_vector<float>, 2> dft_mul;
+};
+
+/// Smallest Jacobsthal core order run by the DFT instead of the dense mix (below it the dense
+/// register-blocked mix is as fast).
+inline constexpr std::size_t jacobsthal_dft_min_order = 64;
+
+inline kron_block make_dense_block(const std::vector<float>& h, std::size_t k) {
+    kron_block b;
+    b.order = b.core = k;
+    std::vector<float> t(k * k);
+    for (std::size_t i = 0; i < k; ++i)
+        for (std::size_t j = 0; j < k; ++j) t[j * k + i] = h[i * k + j];
+    for (std::size_t tr = 0; tr < 2; ++tr) {
+        const std::vector<float>& m = tr ? t : h;
+        b.packed[tr].resize((k + 3) / 4 * 4 * k);
+        pack_mix_coefficients(m.data(), k, b.packed[tr].data());
+        b.narrow[tr].resize(narrow_mix_stride(k) * k);
+        pack_narrow_mix_coefficients(m.data(), k, b.narrow[tr].data());
+    }
+    return b;
+}
+
+/// The block of Paley order c: its bordered Jacobsthal core (paley_core) densely, and by DFT
+/// when q = p^r with r >= 2, p small and the core at least jacobsthal_dft_min_order.
+inline kron_block make_paley_block(std::size_t c) {
+    const paley_core pc = make_paley_core(c);
+    const galois_field field(prime_power{pc.p, pc.r});
+    const std::vector<std::int8_t> core = pc.matrix(field);
+    const std::size_t m = pc.order();
+    kron_block b = make_dense_block(std::vector<float>(core.begin(), core.end()), m);
+    b.order = c;
+    b.pairs = pc.kind == 2;
+    if (pc.r >= 2 && jacobsthal_dft_kernel::supports(pc.p) && m >= jacobsthal_dft_min_order) {
+        b.dft_p = pc.p;
+        b.dft_r = pc.r;
+        const auto lambda = jacobsthal_eigenvalues(pc);
+        // Forward: [[1, 1ᵀ], [σ, I + Q]]. Transposed: Paley I (Q antisymmetric) gives
+        // [[1, -1ᵀ], [1, I - Q]]; Paley II is symmetric.
+        const double eps[2] = {1.0, pc.kind == 1 ? -1.0 : 1.0};
+        b.tau = {1, pc.kind == 1 ? -1 : 1};
+        b.sigma = {pc.sigma(), pc.kind == 1 ? 1 : pc.sigma()};
+        const double inv_q = 1.0 / static_cast<double>(pc.q);
+        for (std::size_t tr = 0; tr < 2; ++tr) {
+            b.dft_mul[tr].resize(2 * pc.q);
+            for (std::size_t u = 0; u < pc.q; ++u) {
+                const std::complex<double> v = (1.0 + eps[tr] * lambda[u]) * inv_q;
+                b.dft_mul[tr][2 * u] = static_cast<float>(v.real());
+                b.dft_mul[tr][2 * u + 1] = static_cast<float>(v.imag());
+            }
+        }
+    }
+    return b;
+}
+
+/// The precomputed pieces of a transform (H_{blocks} ⊗ H_L) of order n: its blocks in
+/// application order. Immutable and shared between threads.
 struct hadamard_plan {
     std::size_t n = 0;
     hadamard_blocks shape;
-    std::vector<aligned_vector<float>> forward, transposed;
+    std::vector<kron_block> blocks;
 };
 
 inline std::shared_ptr<const hadamard_plan> make_hadamard_plan(std::size_t n, const char* where) {
     auto plan = std::make_shared<hadamard_plan>();
     plan->n = n;
     plan->shape = require_hadamard_size(where, n);
-    for (std::size_t k : plan->shape.blocks) {
-        const std::vector<std::int8_t> h = paley_matrix(k);
-        std::vector<float> f(k * k), t(k * k);
-        for (std::size_t i = 0; i < k; ++i)
-            for (std::size_t j = 0; j < k; ++j) {
-                f[i * k + j] = h[i * k + j];
-                t[j * k + i] = h[i * k + j];
-            }
-        const std::size_t packed_size = (k + 3) / 4 * 4 * k;
-        plan->forward.emplace_back(packed_size);
-        plan->transposed.emplace_back(packed_size);
-        pack_mix_coefficients(f.data(), k, plan->forward.back().data());
-        pack_mix_coefficients(t.data(), k, plan->transposed.back().data());
-    }
+    for (std::size_t k : plan->shape.blocks) plan->blocks.push_back(make_paley_block(k));
     return plan;
 }
 
@@ -151,24 +209,126 @@ inline float hadamard_scale(std::size_t n, hadamard_norm norm) noexcept {
                : 1.0f;
 }
 
-/// x <- scale · (H_{blocks} ⊗ H_L) x, or with every block transposed. x has plan.n elements.
+// out = core · in (k_core × cols panels, no aliasing): the dense register-blocked mix on the
+// columns that fill whole registers, the narrow GEMV form on the rest.
+template <class Arch>
+void apply_dense_core(const kron_block& b, std::size_t tr, const float* in, float* out,
+                      std::size_t cols) noexcept {
+    constexpr std::size_t w = xsimd::batch<float, Arch>::size;
+    const std::size_t wide = cols / w * w;
+    if (wide)
+        hadamard_mix_kernel{}.columns(Arch{}, b.packed[tr].data(), b.core, in, out, cols, wide);
+    if (wide < cols)
+        narrow_mix_kernel{}(Arch{}, b.narrow[tr].data(), b.core, in, out, cols, wide, cols);
+}
+
+template <class Arch>
+bool dft_applies(const kron_block& b, std::size_t cols) noexcept {
+    return b.dft_p != 0 && cols % (2 * xsimd::batch<float, Arch>::size) == 0;
+}
+
+template <class Arch>
+void apply_dft_core(const kron_block& b, std::size_t tr, float* x, std::size_t cols) noexcept {
+    jacobsthal_dft_params prm;
+    prm.p = b.dft_p;
+    prm.r = b.dft_r;
+    prm.q = b.core - 1;
+    prm.tau = b.tau[tr];
+    prm.sigma = b.sigma[tr];
+    prm.mul = b.dft_mul[tr].data();
+    jacobsthal_dft_kernel{}(Arch{}, prm, x, cols);
+}
+
+/// panel <- B · panel (or Bᵀ) for one block B of order K on a K×cols row-major panel;
+/// `scratch` holds at least K·cols floats.
+template <class Arch>
+void apply_kron_block(const kron_block& b, float* panel, std::size_t cols, bool transpose,
+                      float* scratch) noexcept {
+    const std::size_t tr = transpose ? 1 : 0;
+    const std::size_t size = b.order * cols;
+    if (b.pairs) {
+        // H = C ⊗ H_2 + I ⊗ [[1, -1], [-1, -1]]: z = pairs(x), y = (C + I)·z - z + swap(z).
+        const std::size_t half = b.core, zcols = 2 * cols;
+        paley_pairs_split<Arch>(panel, scratch, half, cols);
+        if (dft_applies<Arch>(b, zcols)) {
+            std::copy_n(scratch, size, panel);
+            apply_dft_core<Arch>(b, tr, panel, zcols);
+        } else {
+            apply_dense_core<Arch>(b, tr, scratch, panel, zcols);
+        }
+        paley_pairs_join<Arch>(panel, scratch, half, cols);
+    } else if (dft_applies<Arch>(b, cols)) {
+        apply_dft_core<Arch>(b, tr, panel, cols);
+    } else {
+        apply_dense_core<Arch>(b, tr, panel, scratch, cols);
+        std::copy_n(scratch, size, panel);
+    }
+}
+
+// Copies of a few floats: constant sizes become a register move or two instead of a call.
+inline void copy_short(const float* src, std::size_t len, float* dst) noexcept {
+    switch (len) {
+        case 8:
+            std::memcpy(dst, src, 8 * sizeof(float));
+            break;
+        case 16:
+            std::memcpy(dst, src, 16 * sizeof(float));
+            break;
+        case 32:
+            std::memcpy(dst, src, 32 * sizeof(float));
+            break;
+        case 4:
+            std::memcpy(dst, src, 4 * sizeof(float));
+            break;
+        default:
+            std::memcpy(dst, src, len * sizeof(float));
+            break;
+    }
+}
+
+/// Panels narrower than this many floats are gathered across the outer index first, so a
+/// block sees one wide K×(outer·inner) panel instead of many narrow ones.
+inline constexpr std::size_t kron_gather_below = 64;
+
+/// x <- scale · (B_0 ⊗ B_1 ⊗ ... ⊗ H_L) x (every B_t transposed when asked); x has plan.n
+/// elements. The FWHT runs on the contiguous rows of length L, then block t on axis t of the
+/// [K_0][K_1]..[L] view: on outer × (K_t × inner) panels, gathered into one panel when narrow.
 template <class Arch>
 void apply_hadamard_plan(const hadamard_plan& plan, float* x, bool transpose, float scale) {
+    constexpr std::size_t w = xsimd::batch<float, Arch>::size;
     const std::size_t n = plan.n, len = plan.shape.power_of_two;
-    for (std::size_t r = 0; r < n; r += len) fwht_kernel{}(Arch{}, x + r, len, scale);
-    if (plan.shape.blocks.empty()) return;
-    thread_local aligned_vector<float> scratch;
+    if (len >= 2 * w) {
+        fwht_kernel{}.rows(Arch{}, x, n, len, scale);
+    } else if (len > 1 || scale != 1.0f) {
+        fwht_short_rows_kernel{}(Arch{}, x, n, len, scale);
+    }
+    if (plan.blocks.empty()) return;
+    thread_local aligned_vector<float> scratch, gathered;
     if (scratch.size() < n) scratch.resize(n);
-    // Block t acts on axis t of the [b_0][b_1]..[b_{t-1}][L] view: outer × k × inner.
     std::size_t outer = 1;
-    for (std::size_t t = 0; t < plan.shape.blocks.size(); ++t) {
-        const std::size_t k = plan.shape.blocks[t];
+    for (const kron_block& b : plan.blocks) {
+        const std::size_t k = b.order;
         const std::size_t inner = n / outer / k;
-        const float* h = (transpose ? plan.transposed[t] : plan.forward[t]).data();
-        for (std::size_t o = 0; o < outer; ++o) {
-            float* panel = x + o * k * inner;
-            hadamard_mix_kernel{}(Arch{}, h, k, panel, scratch.data(), inner);
-            std::copy_n(scratch.data(), k * inner, panel);
+        if (outer > 1 && inner < kron_gather_below) {
+            if (gathered.size() < n) gathered.resize(n);
+            const std::size_t wide = outer * inner;
+            float* g = gathered.data();
+            for (std::size_t o = 0; o < outer; ++o)
+                for (std::size_t j = 0; j < k; ++j) {
+                    const float* src = x + (o * k + j) * inner;
+                    float* dst = g + j * wide + o * inner;
+                    copy_short(src, inner, dst);
+                }
+            apply_kron_block<Arch>(b, g, wide, transpose, scratch.data());
+            for (std::size_t o = 0; o < outer; ++o)
+                for (std::size_t j = 0; j < k; ++j) {
+                    const float* src = g + j * wide + o * inner;
+                    float* dst = x + (o * k + j) * inner;
+                    copy_short(src, inner, dst);
+                }
+        } else {
+            for (std::size_t o = 0; o < outer; ++o)
+                apply_kron_block<Arch>(b, x + o * k * inner, inner, transpose, scratch.data());
         }
         outer *= k;
     }
@@ -363,12 +523,59 @@ inline matrix<float> random_orthogonal_matrix(std::size_t n, std::uint64_t seed)
     return out;
 }
 
+/// n = K·L with L the largest power of two dividing n (K odd).
+inline hadamard_blocks odd_split(std::size_t n) noexcept {
+    hadamard_blocks b;
+    while (n % 2 == 0) {
+        n /= 2;
+        b.power_of_two *= 2;
+    }
+    if (n > 1) b.blocks.push_back(n);
+    return b;
+}
+
+/// The plan of M = Q_K ⊗ H_L (H_L unnormalized; scale by 1/√L), n = K·L as odd_split,
+/// Q_K = random_orthogonal_matrix(K, seed).
+inline std::shared_ptr<const hadamard_plan> make_kronecker_plan(std::size_t n, std::uint64_t seed) {
+    auto plan = std::make_shared<hadamard_plan>();
+    plan->n = n;
+    plan->shape = odd_split(n);
+    if (!plan->shape.blocks.empty()) {
+        const std::size_t k = plan->shape.blocks[0];
+        const matrix<float> q = random_orthogonal_matrix(k, seed);
+        plan->blocks.push_back(make_dense_block(std::vector<float>(q.data(), q.data() + k * k), k));
+    }
+    return plan;
+}
+
 }  // namespace detail
 
+/// How rotation::make builds its n×n orthogonal matrix Q (every choice is seeded and gives the
+/// same matrix for the same (n, seed) on every platform).
+/// - `hadamard`: a true randomized Hadamard matrix H_n·D/√n (see rotation::hadamard); throws
+///   qift::error when no Sylvester/Paley construction reaches n.
+/// - `any`: `hadamard` when is_hadamard_size(n), else `kronecker`: the cheap choice for every n.
+/// - `kronecker`: (Q_K ⊗ H_L/√L)·D with n = K·L, L = 2^m the largest power of two dividing n,
+///   Q_K a seeded Haar-random K×K orthogonal matrix and D seeded signs: the FWHT's O(n log n)
+///   plus K multiply-adds per element (e.g. 43 for n = 11008, 172 or 688); exactly orthogonal
+///   (up to float rounding), but its entries are not all ±1/√n, so a spike is spread less evenly
+///   than by a Hadamard matrix (max |Q_ij|·√n is about √(2 ln K) instead of 1).
+/// - `dense`: a seeded Haar-random dense n×n matrix (rotation::random_orthogonal): the best
+///   mixing, O(n³) to build and O(n²) per vector.
+enum class rotation_construction { hadamard, any, kronecker, dense };
+
+/// Options of rotation::make. Seed 0 means no sign flips for `hadamard` and `kronecker` (Q_K
+/// is still drawn from it).
+struct rotation_options {
+    rotation_construction construction = rotation_construction::any;
+    std::uint64_t seed = 0;
+};
+
 /// An n×n orthogonal matrix Q applied without forming it where possible, as a rotated model
-/// needs (QuaRot, arXiv 2404.00456): either a randomized Hadamard matrix Q = H_n·diag(s)/√n
-/// with seeded signs s ∈ {±1}^n (O(n log n) or O(K·n) per vector), or, for sizes no Hadamard
-/// construction reaches, a seeded Haar-random orthogonal matrix (dense, O(n²) per vector).
+/// needs (QuaRot, arXiv 2404.00456): a randomized Hadamard matrix Q = H_n·diag(s)/√n with
+/// seeded signs s ∈ {±1}^n (O(n log n) plus a fast K-block per vector), a seeded orthogonal
+/// Kronecker product (Q_K ⊗ H_L/√L)·diag(s) for any n (same cost), or a seeded Haar-random
+/// dense orthogonal matrix (O(n²) per vector). rotation::make chooses by rotation_options.
 ///
 /// Conventions: vectors are rows. apply(x) is x <- x·Q (= Qᵀx for a column x); for a linear
 /// layer y = W·x with W [out][in]:
@@ -379,7 +586,39 @@ inline matrix<float> random_orthogonal_matrix(std::size_t n, std::uint64_t seed)
 /// Copies share the immutable tables; every member is const and thread-safe.
 class rotation {
   public:
-    enum class kind { hadamard, random_orthogonal };
+    enum class kind { hadamard, random_orthogonal, kronecker };
+
+    /// The rotation of size n built as opt.construction says (see rotation_construction);
+    /// throws qift::error for n = 0 and, with `hadamard`, for sizes no construction reaches.
+    static rotation make(std::size_t n, rotation_options opt = {}) {
+        switch (opt.construction) {
+            case rotation_construction::hadamard:
+                return hadamard(n, opt.seed);
+            case rotation_construction::any:
+                return is_hadamard_size(n) ? hadamard(n, opt.seed) : kronecker(n, opt.seed);
+            case rotation_construction::kronecker:
+                return kronecker(n, opt.seed);
+            case rotation_construction::dense:
+                return random_orthogonal(n, opt.seed);
+        }
+        detail::fail("qift::rotation::make: unknown rotation_construction " +
+                     std::to_string(static_cast<int>(opt.construction)));
+    }
+
+    /// Q = (Q_K ⊗ H_L/√L)·D for any n >= 1 (see rotation_construction::kronecker): Q_K =
+    /// detail::random_orthogonal_matrix(K, ~seed), D = diag(s) with s from `seed` as in
+    /// hadamard() (none for seed 0). Building costs O(K³) and stores 4K² floats; applying costs
+    /// an FWHT of length L on each of the K rows and a K×K by K×L product. For a power of two
+    /// n (K = 1) this is the randomized Hadamard rotation.
+    static rotation kronecker(std::size_t n, std::uint64_t seed) {
+        detail::require(
+            n >= 1, [] { return std::string("qift::rotation::kronecker: n = 0, need n >= 1"); });
+        rotation r(kind::kronecker, n, seed);
+        r.plan_ = detail::make_kronecker_plan(n, ~seed);
+        r.scale_ = detail::hadamard_scale(r.plan_->shape.power_of_two, hadamard_norm::orthonormal);
+        r.signs_ = seeded_signs(n, seed);
+        return r;
+    }
 
     /// Randomized Hadamard rotation of order n (is_hadamard_size(n) must hold): Q = H_n·D/√n,
     /// D = diag(s), s_i = ±1 from a splitmix64 stream seeded with `seed`; seed 0 means no sign
@@ -387,15 +626,8 @@ class rotation {
     static rotation hadamard(std::size_t n, std::uint64_t seed = 0) {
         rotation r(kind::hadamard, n, seed);
         r.plan_ = detail::hadamard_plan_for(n, "qift::rotation::hadamard");
-        r.signs_.assign(n, 1.0f);
-        if (seed != 0) {
-            std::uint64_t state = seed;
-            for (std::size_t i = 0; i < n; i += 64) {
-                const std::uint64_t bits = detail::splitmix64(state);
-                for (std::size_t b = 0; b < 64 && i + b < n; ++b)
-                    r.signs_[i + b] = (bits >> b) & 1 ? -1.0f : 1.0f;
-            }
-        }
+        r.scale_ = detail::hadamard_scale(n, hadamard_norm::orthonormal);
+        r.signs_ = seeded_signs(n, seed);
         return r;
     }
 
@@ -411,7 +643,9 @@ class rotation {
         return r;
     }
 
-    /// hadamard(n, seed) when is_hadamard_size(n), random_orthogonal(n, seed) otherwise.
+    /// hadamard(n, seed) when is_hadamard_size(n), random_orthogonal(n, seed) otherwise (the
+    /// dense fallback, kept for reproducibility of earlier results; make(n, {any, seed}) is the
+    /// fast choice for every n).
     static rotation for_size(std::size_t n, std::uint64_t seed) {
         return is_hadamard_size(n) ? hadamard(n, seed) : random_orthogonal(n, seed);
     }
@@ -469,17 +703,31 @@ class rotation {
         });
     }
 
+    static aligned_vector<float> seeded_signs(std::size_t n, std::uint64_t seed) {
+        aligned_vector<float> signs(n, 1.0f);
+        if (seed != 0) {
+            std::uint64_t state = seed;
+            for (std::size_t i = 0; i < n; i += 64) {
+                const std::uint64_t bits = detail::splitmix64(state);
+                for (std::size_t b = 0; b < 64 && i + b < n; ++b)
+                    signs[i + b] = (bits >> b) & 1 ? -1.0f : 1.0f;
+            }
+        }
+        return signs;
+    }
+
     // x <- x·Q or x·Qᵀ.
     void apply_unchecked(float* x, bool transpose) const {
-        if (kind_ == kind::hadamard) {
-            const float s = detail::hadamard_scale(n_, hadamard_norm::orthonormal);
-            // x·Q = (Qᵀxᵀ)ᵀ = D·Hᵀx/√n; x·Qᵀ = H·D·x/√n.
+        if (kind_ != kind::random_orthogonal) {
+            const float s = scale_;
+            // Q = M·D with M = H/√n or Q_K ⊗ H_L/√L: x·Q = (Qᵀxᵀ)ᵀ = D·Mᵀx; x·Qᵀ = M·D·x.
+            using arch = xsimd::default_arch;
             if (transpose) {
-                for (std::size_t i = 0; i < n_; ++i) x[i] *= signs_[i];
-                detail::apply_hadamard_plan<xsimd::default_arch>(*plan_, x, false, s);
+                if (seed_ != 0) detail::multiply_elementwise<arch>(x, signs_.data(), n_);
+                detail::apply_hadamard_plan<arch>(*plan_, x, false, s);
             } else {
-                detail::apply_hadamard_plan<xsimd::default_arch>(*plan_, x, true, s);
-                for (std::size_t i = 0; i < n_; ++i) x[i] *= signs_[i];
+                detail::apply_hadamard_plan<arch>(*plan_, x, true, s);
+                if (seed_ != 0) detail::multiply_elementwise<arch>(x, signs_.data(), n_);
             }
             return;
         }
@@ -542,6 +790,7 @@ class rotation {
     std::size_t n_;
     std::uint64_t seed_;
     std::shared_ptr<const detail::hadamard_plan> plan_;
+    float scale_ = 1.0f;
     aligned_vector<float> signs_;
     std::shared_ptr<const matrix<float>> dense_;
 };

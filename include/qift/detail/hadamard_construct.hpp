@@ -4,6 +4,8 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
+#include <complex>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -57,6 +59,8 @@ class galois_field {
     }
 
     std::size_t order() const noexcept { return q_; }
+    std::size_t characteristic() const noexcept { return p_; }
+    unsigned degree() const noexcept { return k_; }
 
     std::size_t sub(std::size_t a, std::size_t b) const noexcept {
         std::size_t r = 0, place = 1;
@@ -176,6 +180,76 @@ inline std::vector<std::int8_t> paley_matrix(std::size_t c) {
             }
     }
     return h;
+}
+
+/// The Jacobsthal matrix of a Paley order c with the border of its Hadamard (Paley I) or
+/// conference (Paley II) matrix: core = [[1, 1ᵀ], [σ·1, Q + I]] of order m = q + 1, σ = -1 for
+/// Paley I (then core = H_c itself) and +1 for Paley II (then core = C + I, C the symmetric
+/// conference matrix, and H_c = C ⊗ [[1, 1], [1, -1]] + I ⊗ [[1, -1], [-1, -1]]). Q[a][b] =
+/// χ(a - b) over GF(q), field elements numbered by their base-p digits, so a - b is digit-wise
+/// subtraction mod p and Q is a convolution over the group (Z_p)^r.
+struct paley_core {
+    int kind = 0;  ///< 1 or 2, as paley_kind
+    std::size_t q = 0, p = 0;
+    unsigned r = 0;        ///< q = p^r
+    std::vector<int> chi;  ///< quadratic character of GF(q), indexed by element
+    std::size_t order() const noexcept { return q + 1; }
+    int sigma() const noexcept { return kind == 1 ? -1 : 1; }
+    /// The core as m×m row-major ±1 entries (Q's zero diagonal replaced by the +1 of I).
+    std::vector<std::int8_t> matrix(const galois_field& field) const {
+        const std::size_t m = q + 1;
+        std::vector<std::int8_t> h(m * m);
+        for (std::size_t i = 0; i < m; ++i)
+            for (std::size_t j = 0; j < m; ++j) {
+                int v;
+                if (i == 0)
+                    v = 1;
+                else if (j == 0)
+                    v = sigma();
+                else if (i == j)
+                    v = 1;
+                else
+                    v = chi[field.sub(i - 1, j - 1)];
+                h[i * m + j] = static_cast<std::int8_t>(v);
+            }
+        return h;
+    }
+};
+
+inline paley_core make_paley_core(std::size_t c) {
+    paley_core core;
+    core.kind = paley_kind(c);
+    core.q = core.kind == 1 ? c - 1 : c / 2 - 1;
+    const prime_power pk = *as_prime_power(core.q);
+    core.p = pk.p;
+    core.r = pk.k;
+    core.chi = galois_field(pk).quadratic_character();
+    return core;
+}
+
+/// Eigenvalues of the Jacobsthal matrix as a convolution over (Z_p)^r: Λ(u) = Σ_d χ(d)·
+/// ω^(-<u, d>), ω = e^(2πi/p), <u, d> the digit-wise dot product mod p, so that the DFT
+/// X(u) = Σ_a x_a ω^(-<u, a>) of y = Q·x is Λ(u)·X(u). Λ is purely imaginary for q ≡ 3 mod 4
+/// (Q antisymmetric) and real for q ≡ 1 mod 4 (Q symmetric). O(q²).
+inline std::vector<std::complex<double>> jacobsthal_eigenvalues(const paley_core& core) {
+    const std::size_t q = core.q, p = core.p;
+    std::vector<std::complex<double>> root(p);
+    for (std::size_t t = 0; t < p; ++t) {
+        const double a =
+            -2.0 * 3.14159265358979323846 * static_cast<double>(t) / static_cast<double>(p);
+        root[t] = {std::cos(a), std::sin(a)};
+    }
+    std::vector<std::complex<double>> lambda(q);
+    for (std::size_t u = 0; u < q; ++u) {
+        std::complex<double> acc = 0;
+        for (std::size_t d = 1; d < q; ++d) {
+            std::size_t dot = 0;
+            for (std::size_t uu = u, dd = d; uu || dd; uu /= p, dd /= p) dot += (uu % p) * (dd % p);
+            acc += static_cast<double>(core.chi[d]) * root[dot % p];
+        }
+        lambda[u] = acc;
+    }
+    return lambda;
 }
 
 /// n = blocks[0] · blocks[1] ··· · power_of_two with every block a Paley order.

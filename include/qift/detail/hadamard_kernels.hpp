@@ -1,11 +1,15 @@
 // SPDX-License-Identifier: MIT
 // SIMD kernels of the Hadamard transform: the in-place power-of-two Walsh-Hadamard transform
-// and the dense ±1 block mix, each with the scalar reference that is its test oracle.
+// (long rows and short rows), the dense block mix (wide and narrow panels), the Paley II row
+// pairs and the Jacobsthal core by a DFT over GF(p^r), each with the scalar reference that is its
+// test oracle.
 #pragma once
 
 #include "xsimd.hpp"
 
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstddef>
 #include <type_traits>
 #include <utility>
@@ -200,6 +204,20 @@ struct fwht_kernel {
         radix_passes<Arch>(x, n, block, outer, scaled, scale);
     }
 
+    /// The transform of every row of length `len` (a power of two >= 2W) of n contiguous
+    /// floats: rows that fit one leaf pass are done together in a single pass over x.
+    template <class Arch>
+    void rows(Arch, float* x, std::size_t n, std::size_t len, float scale) const noexcept {
+        using batch = xsimd::batch<float, Arch>;
+        constexpr std::size_t w = batch::size;
+        if (len <= (w << fwht_max_radix_log<Arch>)) {
+            static const in_register_fwht<Arch> lanes;
+            leaf_pass<Arch>(lanes, x, n, len / w, scale != 1.0f, scale);
+            return;
+        }
+        for (std::size_t r = 0; r < n; r += len) (*this)(Arch{}, x + r, len, scale);
+    }
+
   private:
     static unsigned log2_of(std::size_t v) noexcept {
         unsigned r = 0;
@@ -344,14 +362,21 @@ struct hadamard_mix_kernel {
     template <class Arch>
     void operator()(Arch, const float* packed, std::size_t k, const float* in, float* out,
                     std::size_t cols) const noexcept {
+        columns(Arch{}, packed, k, in, out, cols, cols);
+    }
+
+    /// The same on the columns [0, c_end) only (c_end <= cols; cols is the row stride).
+    template <class Arch>
+    void columns(Arch, const float* packed, std::size_t k, const float* in, float* out,
+                 std::size_t cols, std::size_t c_end) const noexcept {
         using batch = xsimd::batch<float, Arch>;
         constexpr std::size_t w = batch::size;
         constexpr std::size_t rows_block = is_avx512_arch<Arch> ? 8 : 4;
         std::size_t c = 0;
-        for (; c + 2 * w <= cols; c += 2 * w)
+        for (; c + 2 * w <= c_end; c += 2 * w)
             strip<Arch, rows_block, 2>(packed, k, in, out, cols, c);
-        for (; c + w <= cols; c += w) strip<Arch, rows_block, 1>(packed, k, in, out, cols, c);
-        for (; c < cols; ++c)
+        for (; c + w <= c_end; c += w) strip<Arch, rows_block, 1>(packed, k, in, out, cols, c);
+        for (; c < c_end; ++c)
             for (std::size_t i = 0; i < k; ++i) {
                 float acc = 0.0f;
                 for (std::size_t j = 0; j < k; ++j)
@@ -417,5 +442,388 @@ struct hadamard_mix_kernel {
         }
     }
 };
+
+// ---------------------------------------------------------------------------------------
+// Short rows
+
+/// x <- scale · (I ⊗ H_len) x: the Walsh-Hadamard transform of every row of length `len` (a
+/// power of two, len <= the register width W) of n contiguous floats (n a multiple of len), the
+/// same result as fwht_reference on each row. The log2(len) stages run inside registers, W/len
+/// rows per register.
+struct fwht_short_rows_kernel {
+    template <class Arch>
+    void operator()(Arch, float* x, std::size_t n, std::size_t len, float scale) const noexcept {
+        using batch = xsimd::batch<float, Arch>;
+        constexpr std::size_t w = batch::size;
+        std::size_t i = 0;
+        unsigned stages = 0;
+        while ((std::size_t{1} << stages) < len) ++stages;
+#if defined(__AVX512F__)
+        if constexpr (is_avx512_arch<Arch>) {
+            static const in_register_fwht<Arch> lanes;
+            const __m512 s0 = _mm512_load_ps(lanes.signs[0]), s1 = _mm512_load_ps(lanes.signs[1]);
+            const __m512 s2 = _mm512_load_ps(lanes.signs[2]), s3 = _mm512_load_ps(lanes.signs[3]);
+            const __m512 sc = _mm512_set1_ps(scale);
+            constexpr __mmask16 all = 0xFFFF;
+            for (; i + w <= n; i += w) {
+                __m512 v = _mm512_loadu_ps(x + i);
+                if (stages > 0) v = _mm512_fmadd_ps(v, s0, _mm512_mask_permute_ps(v, all, v, 0xB1));
+                if (stages > 1) v = _mm512_fmadd_ps(v, s1, _mm512_mask_permute_ps(v, all, v, 0x4E));
+                if (stages > 2)
+                    v = _mm512_fmadd_ps(v, s2, _mm512_mask_shuffle_f32x4(v, all, v, v, 0xB1));
+                if (stages > 3)
+                    v = _mm512_fmadd_ps(v, s3, _mm512_mask_shuffle_f32x4(v, all, v, v, 0x4E));
+                _mm512_storeu_ps(x + i, _mm512_mul_ps(v, sc));
+            }
+        }
+#endif
+#if defined(__AVX__)
+        if constexpr (is_avx_arch<Arch> && !is_avx512_arch<Arch>) {
+            static const in_register_fwht<Arch> lanes;
+            const batch s0 = batch::load_aligned(lanes.signs[0]);
+            const batch s1 = batch::load_aligned(lanes.signs[1]);
+            const batch s2 = batch::load_aligned(lanes.signs[2]), sc(scale);
+            for (; i + w <= n; i += w) {
+                batch v = batch::load_unaligned(x + i);
+                if (stages > 0) v = xsimd::fma(v, s0, batch(_mm256_permute_ps(v, 0xB1)));
+                if (stages > 1) v = xsimd::fma(v, s1, batch(_mm256_permute_ps(v, 0x4E)));
+                if (stages > 2) v = xsimd::fma(v, s2, batch(_mm256_permute2f128_ps(v, v, 0x01)));
+                (v * sc).store_unaligned(x + i);
+            }
+        }
+#endif
+        (void)w;
+        for (; i < n; i += len) fwht_reference(x + i, len, scale);
+    }
+};
+
+// ---------------------------------------------------------------------------------------
+// Narrow block mix
+
+/// Row stride of the column-major coefficient layout narrow_mix_kernel reads: k rounded up to
+/// 16 floats (one AVX-512 register), so every column starts aligned and padding rows are zero.
+inline std::size_t narrow_mix_stride(std::size_t k) noexcept {
+    return (k + 15) / 16 * 16;
+}
+
+/// cm[j·narrow_mix_stride(k) + i] = h[i·k + j] (h row-major k×k), padding zero.
+inline void pack_narrow_mix_coefficients(const float* h, std::size_t k, float* cm) noexcept {
+    const std::size_t kp = narrow_mix_stride(k);
+    std::fill(cm, cm + kp * k, 0.0f);
+    for (std::size_t i = 0; i < k; ++i)
+        for (std::size_t j = 0; j < k; ++j) cm[j * kp + i] = h[i * k + j];
+}
+
+/// out[i][c] = Σ_j h[i][j] · in[j][c] for the columns c in [c0, c1) of k×cols row-major
+/// panels (see hadamard_mix_reference), h in the layout of pack_narrow_mix_coefficients: one
+/// column at a time, vectorized over the output rows (a GEMV per column), for panels narrower
+/// than a register where hadamard_mix_kernel has no full vector of columns. `cm` is 64-byte
+/// aligned.
+struct narrow_mix_kernel {
+    template <class Arch>
+    void operator()(Arch, const float* cm, std::size_t k, const float* in, float* out,
+                    std::size_t cols, std::size_t c0, std::size_t c1) const noexcept {
+        // Up to 4 columns share every coefficient load (the matrix is read from L2 once per
+        // 4 columns, not once per column).
+        std::size_t c = c0;
+        for (; c + 4 <= c1; c += 4) block<Arch, 4>(cm, k, in, out, cols, c);
+        switch (c1 - c) {
+            case 3:
+                block<Arch, 3>(cm, k, in, out, cols, c);
+                break;
+            case 2:
+                block<Arch, 2>(cm, k, in, out, cols, c);
+                break;
+            case 1:
+                block<Arch, 1>(cm, k, in, out, cols, c);
+                break;
+            default:
+                break;
+        }
+    }
+
+  private:
+    // Columns [c, c + C): 4 registers of output rows at a time, C accumulators each (and two
+    // sets, even and odd j, when C = 1, so at least 8 FMA chains are in flight).
+    template <class Arch, std::size_t C>
+    static void block(const float* cm, std::size_t k, const float* in, float* out, std::size_t cols,
+                      std::size_t c) noexcept {
+        using batch = xsimd::batch<float, Arch>;
+        constexpr std::size_t w = batch::size;
+        constexpr std::size_t regs = 4;
+        constexpr std::size_t sets = C == 1 ? 2 : 1;
+        const std::size_t kp = narrow_mix_stride(k);
+        alignas(64) float lanes[C][regs * w];
+        for (std::size_t i0 = 0; i0 < k; i0 += regs * w) {
+            const std::size_t live = std::min(regs, (kp - i0 + w - 1) / w);
+            native_register<Arch> acc[sets][C][regs];
+            static_for<sets>([&](auto e) QIFT_HADAMARD_LAMBDA_INLINE {
+                static_for<C>([&](auto cc) QIFT_HADAMARD_LAMBDA_INLINE {
+                    static_for<regs>(
+                        [&](auto r) QIFT_HADAMARD_LAMBDA_INLINE { acc[e][cc][r] = batch(0.0f); });
+                });
+            });
+            auto step = [&](std::size_t j, auto e) QIFT_HADAMARD_LAMBDA_INLINE {
+                const float* col = cm + j * kp + i0;
+                native_register<Arch> b[C];
+                static_for<C>([&](auto cc) QIFT_HADAMARD_LAMBDA_INLINE {
+                    b[cc] = batch(in[j * cols + c + cc]);
+                });
+                static_for<regs>([&](auto r) QIFT_HADAMARD_LAMBDA_INLINE {
+                    if (r < live) {
+                        const batch h = batch::load_aligned(col + r * w);
+                        static_for<C>([&](auto cc) QIFT_HADAMARD_LAMBDA_INLINE {
+                            acc[e][cc][r] = xsimd::fma(h, batch(b[cc]), batch(acc[e][cc][r]));
+                        });
+                    }
+                });
+            };
+            std::size_t j = 0;
+            if constexpr (sets == 2)
+                for (; j + 2 <= k; j += 2) {
+                    step(j, std::integral_constant<std::size_t, 0>{});
+                    step(j + 1, std::integral_constant<std::size_t, sets - 1>{});
+                }
+            for (; j < k; ++j) step(j, std::integral_constant<std::size_t, 0>{});
+            static_for<C>([&](auto cc) QIFT_HADAMARD_LAMBDA_INLINE {
+                static_for<regs>([&](auto r) QIFT_HADAMARD_LAMBDA_INLINE {
+                    batch v(acc[0][cc][r]);
+                    if constexpr (sets == 2) v += batch(acc[sets - 1][cc][r]);
+                    v.store_aligned(lanes[cc] + r * w);
+                });
+            });
+            const std::size_t end = std::min(k, i0 + regs * w);
+            for (std::size_t i = i0; i < end; ++i)
+                static_for<C>([&](auto cc) QIFT_HADAMARD_LAMBDA_INLINE {
+                    out[i * cols + c + cc] = lanes[cc][i - i0];
+                });
+        }
+    }
+};
+
+// ---------------------------------------------------------------------------------------
+// Paley II row pairs
+
+/// z <- (I ⊗ [[1, 1], [1, -1]]) x on `pairs` pairs of rows of length `cols` (rows 2i, 2i+1 of
+/// a row-major panel; x and z may not alias): z[2i] = x[2i] + x[2i+1], z[2i+1] = x[2i] - x[2i+1].
+template <class Arch>
+void paley_pairs_split(const float* x, float* z, std::size_t pairs, std::size_t cols) noexcept {
+    using batch = xsimd::batch<float, Arch>;
+    constexpr std::size_t w = batch::size;
+    for (std::size_t i = 0; i < pairs; ++i) {
+        const float* a = x + 2 * i * cols;
+        const float* b = a + cols;
+        float* za = z + 2 * i * cols;
+        float* zb = za + cols;
+        std::size_t c = 0;
+        for (; c + w <= cols; c += w) {
+            const batch u = batch::load_unaligned(a + c), v = batch::load_unaligned(b + c);
+            (u + v).store_unaligned(za + c);
+            (u - v).store_unaligned(zb + c);
+        }
+        for (; c < cols; ++c) {
+            const float u = a[c], v = b[c];
+            za[c] = u + v;
+            zb[c] = u - v;
+        }
+    }
+}
+
+/// The Paley II diagonal term: y <- y - z + [[1, -1], [-1, -1]]·x per row pair, written with
+/// z = pairs(x): y[2i] += z[2i+1] - z[2i], y[2i+1] -= z[2i+1] + z[2i].
+template <class Arch>
+void paley_pairs_join(float* y, const float* z, std::size_t pairs, std::size_t cols) noexcept {
+    using batch = xsimd::batch<float, Arch>;
+    constexpr std::size_t w = batch::size;
+    for (std::size_t i = 0; i < pairs; ++i) {
+        float* ya = y + 2 * i * cols;
+        float* yb = ya + cols;
+        const float* za = z + 2 * i * cols;
+        const float* zb = za + cols;
+        std::size_t c = 0;
+        for (; c + w <= cols; c += w) {
+            const batch u = batch::load_unaligned(za + c), v = batch::load_unaligned(zb + c);
+            (batch::load_unaligned(ya + c) + (v - u)).store_unaligned(ya + c);
+            (batch::load_unaligned(yb + c) - (v + u)).store_unaligned(yb + c);
+        }
+        for (; c < cols; ++c) {
+            ya[c] += zb[c] - za[c];
+            yb[c] -= zb[c] + za[c];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Jacobsthal core by a DFT over (Z_p)^r
+
+/// The complex multipliers jacobsthal_dft_kernel applies in the DFT domain, for a Jacobsthal
+/// matrix with eigenvalues Λ (see jacobsthal_eigenvalues): mul[2u] + i·mul[2u+1] =
+/// (d + ε·Λ(u)) / q, the core being [[d', τ·1ᵀ], [σ·1, d·I + ε·Q]].
+struct jacobsthal_dft_params {
+    std::size_t p = 0;
+    unsigned r = 0;
+    std::size_t q = 0;
+    int tau = 1, sigma = 1;
+    float diag = 1.0f;           ///< the corner d' (= d)
+    const float* mul = nullptr;  ///< 2q floats
+};
+
+/// Cosines and sines of 2π·(k·t mod P)/P for the P-point DFT, k, t < P.
+template <std::size_t P>
+struct dft_twiddles {
+    alignas(64) float c[P][P], s[P][P];
+    dft_twiddles() noexcept {
+        for (std::size_t k = 0; k < P; ++k)
+            for (std::size_t t = 0; t < P; ++t) {
+                const double a = 2.0 * 3.14159265358979323846 * static_cast<double>(k * t % P) /
+                                 static_cast<double>(P);
+                c[k][t] = static_cast<float>(std::cos(a));
+                s[k][t] = static_cast<float>(std::sin(a));
+            }
+    }
+};
+
+/// y = core · x in place for the bordered Jacobsthal core of order q + 1 over GF(p^r), p in
+/// {3, 5, 7, 11, 13}: row 0 of y is d'·x_0 + τ·Σ_a x_(1+a), row 1+a is σ·x_0 + (d·x' + ε·Q x')_a.
+/// x is (q+1)×cols row-major with cols a multiple of 2W: every 2W columns form W complex lanes
+/// (the first W the real parts, the next W the imaginary ones; the core is real, so the pairing
+/// is exact), the convolution by χ runs as r forward P-point DFT passes (one per base-p digit),
+/// a complex multiply per frequency and r inverse passes: O(q·r·p) per 2W columns instead of
+/// O(q²), all in registers and on a panel of q·2W floats that stays in L1/L2.
+struct jacobsthal_dft_kernel {
+    template <class Arch>
+    void operator()(Arch, const jacobsthal_dft_params& prm, float* x,
+                    std::size_t cols) const noexcept {
+        switch (prm.p) {
+            case 3:
+                run<Arch, 3>(prm, x, cols);
+                break;
+            case 5:
+                run<Arch, 5>(prm, x, cols);
+                break;
+            case 7:
+                run<Arch, 7>(prm, x, cols);
+                break;
+            case 11:
+                run<Arch, 11>(prm, x, cols);
+                break;
+            case 13:
+                run<Arch, 13>(prm, x, cols);
+                break;
+            default:
+                break;
+        }
+    }
+
+    static constexpr bool supports(std::size_t p) noexcept {
+        return p == 3 || p == 5 || p == 7 || p == 11 || p == 13;
+    }
+
+  private:
+    // One P-point complex DFT (forward: ω^-kt, inverse: ω^+kt, unscaled) on P rows at stride
+    // `stride` floats; re at +0, im at +w of every row.
+    template <class Arch, std::size_t P, bool Inverse>
+    QIFT_HADAMARD_INLINE static void dft(const dft_twiddles<P>& tw, float* row0,
+                                         std::size_t stride) noexcept {
+        using batch = xsimd::batch<float, Arch>;
+        constexpr std::size_t w = batch::size;
+        constexpr std::size_t h = (P - 1) / 2;
+        native_register<Arch> sr[h + 1], si[h + 1], dr[h + 1], di[h + 1];
+        const batch r0 = batch::load_unaligned(row0), i0 = batch::load_unaligned(row0 + w);
+        batch outr = r0, outi = i0;
+        static_for<h>([&](auto tm1) QIFT_HADAMARD_LAMBDA_INLINE {
+            constexpr std::size_t t = tm1 + 1;
+            const float* a = row0 + t * stride;
+            const float* b = row0 + (P - t) * stride;
+            const batch ar = batch::load_unaligned(a), ai = batch::load_unaligned(a + w);
+            const batch br = batch::load_unaligned(b), bi = batch::load_unaligned(b + w);
+            sr[t] = ar + br;
+            si[t] = ai + bi;
+            dr[t] = ar - br;
+            di[t] = ai - bi;
+            outr += batch(sr[t]);
+            outi += batch(si[t]);
+        });
+        outr.store_unaligned(row0);
+        outi.store_unaligned(row0 + w);
+        static_for<h>([&](auto km1) QIFT_HADAMARD_LAMBDA_INLINE {
+            constexpr std::size_t k = km1 + 1;
+            batch ar = r0, ai = i0, brr(0.0f), bri(0.0f);
+            static_for<h>([&](auto tm1) QIFT_HADAMARD_LAMBDA_INLINE {
+                constexpr std::size_t t = tm1 + 1;
+                const batch c(tw.c[k][t]), s(tw.s[k][t]);
+                ar = xsimd::fma(batch(sr[t]), c, ar);
+                ai = xsimd::fma(batch(si[t]), c, ai);
+                brr = xsimd::fma(batch(dr[t]), s, brr);
+                bri = xsimd::fma(batch(di[t]), s, bri);
+            });
+            // Forward: X_k = A - iB, X_(P-k) = A + iB; inverse the other way round.
+            float* pk = row0 + (Inverse ? P - k : k) * stride;
+            float* pm = row0 + (Inverse ? k : P - k) * stride;
+            (ar + bri).store_unaligned(pk);
+            (ai - brr).store_unaligned(pk + w);
+            (ar - bri).store_unaligned(pm);
+            (ai + brr).store_unaligned(pm + w);
+        });
+    }
+
+    template <class Arch, std::size_t P, bool Inverse>
+    static void pass(const dft_twiddles<P>& tw, float* base, std::size_t q, std::size_t s,
+                     std::size_t cols) noexcept {
+        const std::size_t stride = s * cols;
+        for (std::size_t hi = 0; hi < q; hi += P * s)
+            for (std::size_t lo = 0; lo < s; ++lo)
+                dft<Arch, P, Inverse>(tw, base + (hi + lo) * cols, stride);
+    }
+
+    template <class Arch, std::size_t P>
+    static void run(const jacobsthal_dft_params& prm, float* x, std::size_t cols) noexcept {
+        using batch = xsimd::batch<float, Arch>;
+        constexpr std::size_t w = batch::size;
+        static const dft_twiddles<P> tw;
+        const std::size_t q = prm.q;
+        const batch tau(static_cast<float>(prm.tau)), sigma(static_cast<float>(prm.sigma));
+        const batch diag(prm.diag);
+        for (std::size_t c = 0; c < cols; c += 2 * w) {
+            float* top = x + c;
+            float* base = x + cols + c;
+            const batch x0r = batch::load_unaligned(top), x0i = batch::load_unaligned(top + w);
+            std::size_t s = 1;
+            for (unsigned t = 0; t < prm.r; ++t, s *= P) pass<Arch, P, false>(tw, base, q, s, cols);
+            // The zero frequency is Σ_a x'_a; then the multiply by (d + εΛ(u))/q.
+            const batch f0r = batch::load_unaligned(base), f0i = batch::load_unaligned(base + w);
+            for (std::size_t u = 0; u < q; ++u) {
+                float* row = base + u * cols;
+                const batch mr(prm.mul[2 * u]), mi(prm.mul[2 * u + 1]);
+                const batch vr = batch::load_unaligned(row), vi = batch::load_unaligned(row + w);
+                xsimd::fms(vr, mr, vi * mi).store_unaligned(row);
+                xsimd::fma(vr, mi, vi * mr).store_unaligned(row + w);
+            }
+            s = 1;
+            for (unsigned t = 0; t < prm.r; ++t, s *= P) pass<Arch, P, true>(tw, base, q, s, cols);
+            for (std::size_t a = 0; a < q; ++a) {
+                float* row = base + a * cols;
+                xsimd::fma(sigma, x0r, batch::load_unaligned(row)).store_unaligned(row);
+                xsimd::fma(sigma, x0i, batch::load_unaligned(row + w)).store_unaligned(row + w);
+            }
+            xsimd::fma(tau, f0r, diag * x0r).store_unaligned(top);
+            xsimd::fma(tau, f0i, diag * x0i).store_unaligned(top + w);
+        }
+    }
+};
+
+// ---------------------------------------------------------------------------------------
+// Signs
+
+/// x[i] *= s[i] for i < n (the ±1 diagonal of a randomized rotation).
+template <class Arch>
+void multiply_elementwise(float* x, const float* s, std::size_t n) noexcept {
+    using batch = xsimd::batch<float, Arch>;
+    constexpr std::size_t w = batch::size;
+    std::size_t i = 0;
+    for (; i + w <= n; i += w)
+        (batch::load_unaligned(x + i) * batch::load_unaligned(s + i)).store_unaligned(x + i);
+    for (; i < n; ++i) x[i] *= s[i];
+}
 
 }  // namespace qift::detail
