@@ -152,6 +152,10 @@ TEST_CASE("ggml's block_mxfp4 bytes: the layout by hand and a lossless round tri
     CHECK_THROWS_WITH_AS(from_ggml_mxfp4(g, 1, 48), doctest::Contains("positive multiple of 32"),
                          error);
     CHECK_THROWS_WITH_AS(from_ggml_mxfp4(g, 2, 64), doctest::Contains("34 bytes"), error);
+    // rows·blocks·17 wraps to exactly g's 34 bytes at rows = 2^63 + 1 (found by fuzz_mx: the
+    // check passed and the reader wrote past its buffer).
+    CHECK_THROWS_WITH_AS(from_ggml_mxfp4(g, (std::size_t{1} << 63) + 1, 64),
+                         doctest::Contains("more than SIZE_MAX"), error);
     const std::vector<float> odd(45, 1.0f);
     CHECK_THROWS_WITH_AS(to_ggml_mxfp4(quantize_mxfp4(matrix_view<const float>(odd.data(), 1, 45))),
                          doctest::Contains("45 columns"), error);

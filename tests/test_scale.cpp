@@ -249,6 +249,24 @@ TEST_CASE("bad input raises qift::error naming the argument and the values") {
     CHECK_THROWS_WITH_AS(quantize<levels::mnz>(w), doctest::Contains("w(1, 3) is nan"), error);
     w(1, 3) = std::numeric_limits<float>::infinity();
     CHECK_THROWS_WITH_AS(quantize<levels::mnz>(w), doctest::Contains("w(1, 3) is inf"), error);
+    // Beyond 2^126 the scale arithmetic could overflow (found by fuzz_levels: an affine range
+    // of [-4.2e37, 3.4e38] dequantized its top code to inf); 2^126 itself is accepted and every
+    // value stays finite.
+    w(1, 3) = 3.4e38f;
+    CHECK_THROWS_WITH_AS(quantize<levels::asymmetric>(w), doctest::Contains("|w| <= 2^126"), error);
+    w(1, 3) = max_weight_magnitude;
+    w(0, 0) = -max_weight_magnitude;
+    for (const auto& d :
+         {quantize<levels::asymmetric>(w).dequantize(), quantize<levels::mnz>(w).dequantize(),
+          quantize<levels::int4>(w).dequantize()})
+        for (float v : d.flat()) CHECK(std::isfinite(v));
+    // A range of a few denormals: the affine scale underflows to 0 (found by fuzz_levels: it
+    // gave a NaN zero-point); the row dequantizes to zeros.
+    matrix<float> tiny(1, 3, 0.0f);
+    tiny(0, 1) = 1.4e-45f;
+    const auto dt = quantize<levels::asymmetric>(tiny).dequantize();
+    for (float v : dt.flat()) CHECK(v == 0.0f);
+    w(0, 0) = 1.0f;
     CHECK_THROWS_AS(find_params<levels::mnz>(std::span<const float>{}), error);
     scale_options bad_grid;
     bad_grid.grid = 200;

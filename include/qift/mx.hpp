@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <string>
 #include <vector>
@@ -483,11 +484,17 @@ inline mxfp4_matrix from_ggml_mxfp4(std::span<const std::uint8_t> bytes, std::si
                " (cols must be a positive multiple of 32)";
     });
     const std::size_t blocks = cols / mx_block_size;
-    detail::require(bytes.size() == rows * blocks * 17, [&] {
-        return "from_ggml_mxfp4: " + std::to_string(bytes.size()) + " bytes, a " +
-               std::to_string(rows) + "x" + std::to_string(cols) + " matrix needs " +
-               std::to_string(rows * blocks * 17);
-    });
+    // rows·blocks·17 must not wrap around: a shape that large cannot match any buffer.
+    detail::require(rows <= std::numeric_limits<std::size_t>::max() / 17 / blocks &&
+                        bytes.size() == rows * blocks * 17,
+                    [&] {
+                        return "from_ggml_mxfp4: " + std::to_string(bytes.size()) + " bytes, a " +
+                               std::to_string(rows) + "x" + std::to_string(cols) +
+                               " matrix needs " +
+                               (rows <= std::numeric_limits<std::size_t>::max() / 17 / blocks
+                                    ? std::to_string(rows * blocks * 17)
+                                    : std::string("more than SIZE_MAX"));
+                    });
     mxfp4_matrix q(rows, cols);
     for (std::size_t r = 0; r < rows; ++r)
         for (std::size_t b = 0; b < blocks; ++b) {

@@ -62,13 +62,23 @@ constexpr float dequantize_value(std::uint8_t code, channel_params p) noexcept {
     return p.scale * (level_traits<L>::decode(code) - p.zero);
 }
 
+/// Largest weight magnitude the quantizers take, 2^126 (about 8.5e37): with |w| <= 2^126 every
+/// scale, zero-point and dequantized value stays a finite float (an affine range of 2^127
+/// rounds its zero-point by up to half a step, which larger values would push past FLT_MAX).
+inline constexpr float max_weight_magnitude = 0x1p126f;
+
 namespace detail {
+
+/// Finite and within ±max_weight_magnitude.
+inline bool valid_weight(float w) noexcept {
+    return std::fabs(w) <= max_weight_magnitude;
+}
 
 inline void check_finite(std::span<const float> w, const char* what) {
     for (std::size_t i = 0; i < w.size(); ++i)
-        require(std::isfinite(w[i]), [&] {
+        require(valid_weight(w[i]), [&] {
             return std::string(what) + ": element " + std::to_string(i) + " is " +
-                   std::to_string(w[i]) + " (weights must be finite)";
+                   std::to_string(w[i]) + " (weights must be finite, |w| <= 2^126)";
         });
 }
 
@@ -89,8 +99,12 @@ channel_params clip_params(float lo, float hi, float p) noexcept {
     if constexpr (T::has_zero_point) {
         // GPTQ's asymmetric rule: the range always contains 0 so that 0 is representable.
         const float a = std::min(lo, 0.0f) * p, b = std::max(hi, 0.0f) * p;
-        if (b - a <= 0.0f) return {};
-        const float s = (b - a) / static_cast<float>(T::count - 1);
+        // b/n − a/n rather than (b − a)/n: the difference of two large finite values can
+        // overflow. A scale that underflows to 0 (a range of a few denormals) is the all-zero
+        // channel's: its values dequantize to exact zeros.
+        const float n = static_cast<float>(T::count - 1);
+        const float s = b / n - a / n;
+        if (!(s > 0.0f)) return {};
         const float z = std::clamp(std::round(-a / s), 0.0f, static_cast<float>(T::count - 1));
         return {s, z};
     } else {
@@ -260,9 +274,10 @@ inline std::size_t checked_group_size(matrix_view<const float> w, std::size_t gr
     });
     for (std::size_t r = 0; r < w.rows; ++r)
         for (std::size_t c = 0; c < w.cols; ++c)
-            require(std::isfinite(w(r, c)), [&] {
+            require(valid_weight(w(r, c)), [&] {
                 return std::string(fn) + ": w(" + std::to_string(r) + ", " + std::to_string(c) +
-                       ") is " + std::to_string(w(r, c)) + " (weights must be finite)";
+                       ") is " + std::to_string(w(r, c)) +
+                       " (weights must be finite, |w| <= 2^126)";
             });
     return g;
 }
@@ -272,7 +287,7 @@ inline std::size_t checked_group_size(matrix_view<const float> w, std::size_t gr
 /// Round-to-nearest quantization of W [rows][cols] (row-major, out × in) onto L with
 /// per-row, per-group parameters from find_params. Rows are processed in parallel.
 /// Throws qift::error for an empty matrix, a group size that does not divide cols, or a
-/// non-finite weight (naming its position).
+/// non-finite weight or one beyond ±max_weight_magnitude (naming its position).
 template <level_set L>
 quantized_matrix<L> quantize(matrix_view<const float> w, const scale_options& opt = {}) {
     const std::size_t g = detail::checked_group_size(w, opt.group_size, "quantize");
