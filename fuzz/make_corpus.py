@@ -8,6 +8,7 @@
 Every seed stays below a few KiB (the fuzzers' input length follows the largest seed)."""
 import argparse
 import io
+import json
 import os
 import struct
 
@@ -80,6 +81,33 @@ def main():
                               b"\xff\xfe broken \xc3 utf-8"]):
         write("fuzz_tokenizer", "prose6M_512_%d" % i,
               struct.pack("<HH", 512 - 259, len(cut)) + cut + text)
+
+    # safetensors: F32, F16, BF16 (as uint16 bits), I32 and U8 tensors with metadata, and the
+    # first three tensors of prose6M in Hugging Face names (cut to 8 rows).
+    def safetensors(tensors, metadata):
+        header, data = {"__metadata__": metadata}, b""
+        for name, dtype, shape, raw in tensors:
+            header[name] = {"dtype": dtype, "shape": list(shape),
+                            "data_offsets": [len(data), len(data) + len(raw)]}
+            data += raw
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)
+        return struct.pack("<Q", len(text)) + text + data
+
+    g32 = g.astype("<f4")
+    write("fuzz_safetensors", "mixed.safetensors", safetensors([
+        ("a.weight", "F32", g32.shape, g32.tobytes()),
+        ("b.half", "F16", g.shape, g.astype("<f2").tobytes()),
+        ("c.bf16", "BF16", g.shape, (g32.view("<u4") >> 16).astype("<u2").tobytes()),
+        ("d.codes", "U8", (2, 4), np.arange(8, dtype="u1").tobytes()),
+        ("e.ids", "I32", (3,), np.array([1, -2, 3], dtype="<i4").tobytes()),
+    ], {"qift.levels": "mnz", "format": "pt"}))
+    with open(os.path.join(models, "prose6M.bin"), "rb") as f:
+        dim = struct.unpack("<7i", f.read(28))[0]
+        emb = np.frombuffer(f.read(8 * dim * 4), dtype="<f4").reshape(8, dim)
+    write("fuzz_safetensors", "prose6M_embed_cut.safetensors", safetensors([
+        ("model.embed_tokens.weight", "F16", emb.shape, emb.astype("<f2").tobytes()),
+    ], {}))
 
     # pack: shapes and bit widths; levels and mx: floats with specials.
     for i, (bits, rows, cols) in enumerate([(0, 3, 100), (1, 2, 257), (2, 5, 31)]):
