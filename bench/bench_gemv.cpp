@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 // GEMV / GEMM throughput of the W2A4, W2A16 and W4A4 kernels against baselines run in the same
 // process: OpenBLAS sgemv/sgemm, an int8×int8 GEMV, and a plain read of as many bytes as the
-// packed weights (the bandwidth roofline), hot in cache and cold (copies cycled).
+// packed weights (the bandwidth roofline), hot in cache and cold (copies cycled); on one and two
+// threads (the default pool, and the old spawn-per-call executor), the AVX2 kernels forced
+// through their xsimd architecture, and activation quantization alone against its old path.
 #include <benchmark/benchmark.h>
 
 #include <atomic>
@@ -26,68 +28,18 @@ extern "C" void openblas_set_num_threads(int);
 namespace {
 
 // ---------------------------------------------------------------------------------------
-// A persistent two-thread executor: what an engine installs with set_parallel_executor (the
-// default executor starts threads per call, which costs more than a 4096×4096 W2 GEMV).
+// Executors: one thread (serial), or two through the default persistent pool
+// (qift::thread_pool_executor) or the spawn-per-call executor qift shipped before it.
 
-class spin_pool {
-  public:
-    spin_pool() : worker_([this] { loop(); }) {}
-    ~spin_pool() {
-        stop_.store(true);
-        generation_.fetch_add(1);
-        generation_.notify_one();
-        worker_.join();
-    }
-    void run(std::size_t n, const qift::range_fn& body) {
-        const std::size_t half = (n + 1) / 2;
-        body_ = &body;
-        begin_ = half;
-        end_ = n;
-        done_.store(false, std::memory_order_relaxed);
-        generation_.fetch_add(1, std::memory_order_release);
-        generation_.notify_one();
-        if (half) body(0, half);
-        // Spin briefly, then sleep: on a shared, oversubscribed machine a caller spinning on a
-        // descheduled worker burns the time slice the worker needs (2-thread runs of 5-8 ms
-        // for a 100 µs GEMV at load average 5 on 2 cores).
-        for (int spins = 0; !done_.load(std::memory_order_acquire);)
-            if (++spins > 20000) done_.wait(false, std::memory_order_acquire);
-    }
+enum class executor_kind { pool, spawn };
 
-  private:
-    void loop() {
-        std::uint64_t seen = 0;
-        for (;;) {
-            std::uint64_t g;
-            int spins = 0;
-            // spin briefly (GEMV calls come back to back), then sleep on the futex
-            while ((g = generation_.load(std::memory_order_acquire)) == seen)
-                if (++spins > 20000) generation_.wait(seen);
-            seen = g;
-            if (stop_.load()) return;
-            if (begin_ < end_) (*body_)(begin_, end_);
-            done_.store(true, std::memory_order_release);
-            done_.notify_one();
-        }
-    }
-    const qift::range_fn* body_ = nullptr;
-    std::size_t begin_ = 0, end_ = 0;
-    std::atomic<std::uint64_t> generation_{0};
-    std::atomic<bool> done_{true}, stop_{false};
-    std::thread worker_;
-};
-
-spin_pool& pool() {
-    static spin_pool p;
-    return p;
-}
-
-void use_threads(int threads) {
+void use_threads(int threads, executor_kind kind = executor_kind::pool) {
     if (threads == 1)
         qift::set_parallel_executor(qift::serial_executor);
+    else if (kind == executor_kind::spawn)
+        qift::set_parallel_executor(qift::detail::std_thread_executor);
     else
-        qift::set_parallel_executor(
-            [](std::size_t n, const qift::range_fn& body) { pool().run(n, body); });
+        qift::set_parallel_executor(nullptr);
 #if defined(QIFT_HAVE_OPENBLAS)
     openblas_set_num_threads(threads);
 #endif
@@ -114,9 +66,10 @@ void set_counters(benchmark::State& st, std::size_t weight_bytes) {
 // One GEMV benchmark over packed weights, hot or cycled through cold copies; `call(w, y)` is
 // the kernel under test.
 template <class L, class Call>
-void run_packed_gemv(benchmark::State& st, const Call& call) {
+void run_packed_gemv(benchmark::State& st, const Call& call,
+                     executor_kind kind = executor_kind::pool) {
     const auto n = std::size_t(st.range(0)), k = std::size_t(st.range(1));
-    use_threads(int(st.range(2)));
+    use_threads(int(st.range(2)), kind);
     const auto first = random_packed<L>(n, k, 1);
     const std::size_t copies = st.range(3) ? cold_copies(first.code_bytes()) : 1;
     std::vector<qift::packed_matrix<L>> w(copies, first);
@@ -129,26 +82,138 @@ void run_packed_gemv(benchmark::State& st, const Call& call) {
         i = i + 1 == copies ? 0 : i + 1;
     }
     set_counters(st, first.code_bytes());
+    use_threads(1);
 }
 
-template <class L, bool ShiftAdd = false>
+// Kernel variants: the default path, the literal shift-add kernel, the AVX2 (256-bit) kernels
+// forced through their xsimd architecture in this binary, and the default path run through the
+// spawn-per-call executor.
+enum class variant { native, shift_add, avx2, spawn };
+
+template <variant V>
+auto variant_arch() {
+#if defined(__AVX2__)
+    if constexpr (V == variant::avx2)
+        return xsimd::avx2{};
+    else
+#endif
+        return xsimd::default_arch{};
+}
+
+template <class L, variant V = variant::native>
 void bm_w2a4(benchmark::State& st) {
     const auto x = random_floats(std::size_t(st.range(1)), 2);
     const auto a = qift::quantize_activations(std::span<const float>(x));
-    run_packed_gemv<L>(st, [&](const qift::packed_matrix<L>& w, std::vector<float>& y) {
-        if constexpr (ShiftAdd)
-            qift::gemv_shift_add(w, a, y);
-        else
-            qift::gemv(w, a, y);
-    });
+    run_packed_gemv<L>(
+        st,
+        [&](const qift::packed_matrix<L>& w, std::vector<float>& y) {
+            if constexpr (V == variant::shift_add)
+                qift::gemv_shift_add(w, a, y);
+            else
+                qift::gemv(w, a, y, variant_arch<V>());
+        },
+        V == variant::spawn ? executor_kind::spawn : executor_kind::pool);
 }
 
-template <class L>
+template <class L, variant V = variant::native>
 void bm_w2a16(benchmark::State& st) {
     const auto x = random_floats(std::size_t(st.range(1)), 2);
-    run_packed_gemv<L>(st, [&](const qift::packed_matrix<L>& w, std::vector<float>& y) {
-        qift::gemv(w, std::span<const float>(x), y);
-    });
+    run_packed_gemv<L>(
+        st,
+        [&](const qift::packed_matrix<L>& w, std::vector<float>& y) {
+            qift::gemv(w, std::span<const float>(x), y, variant_arch<V>());
+        },
+        V == variant::spawn ? executor_kind::spawn : executor_kind::pool);
+}
+
+// ---------------------------------------------------------------------------------------
+// Activation quantization alone
+
+// The path before the reused-storage overload and the vector code pass (kept verbatim in
+// spirit, for the ratio): a scalar finite check, assign() of fresh buffers per call, an xsimd
+// round-and-clip with per-lane narrowing, and a scalar sum.
+namespace old_path {
+
+qift::quantized_activations quantize_activations(qift::matrix_view<const float> x, float clip) {
+    for (std::size_t t = 0; t < x.rows; ++t)
+        for (std::size_t k = 0; k < x.cols; ++k)
+            if (!std::isfinite(x(t, k))) throw qift::error("old_path: non-finite");
+    qift::quantized_activations q;
+    q.tokens = x.rows;
+    q.cols = x.cols;
+    q.padded_cols = qift::detail::padded_activation_cols(x.cols);
+    q.codes.assign(q.tokens * q.padded_cols, 0);
+    q.scales.assign(q.tokens, 0.0f);
+    q.sums.assign(q.tokens, 0);
+    using bf = xsimd::batch<float>;
+    constexpr std::size_t width = bf::size;
+    for (std::size_t t = 0; t < x.rows; ++t) {
+        std::int8_t* codes = q.codes.data() + t * q.padded_cols;
+        const float* p = &x(t, 0);
+        const std::size_t n = x.cols, vec_end = n - n % width;
+        bf mv(0.0f);
+        for (std::size_t k = 0; k < vec_end; k += width)
+            mv = xsimd::max(mv, xsimd::abs(bf::load_unaligned(p + k)));
+        alignas(64) float lanes[width];
+        mv.store_aligned(lanes);
+        float m = 0.0f;
+        for (float v : lanes) m = std::max(m, v);
+        for (std::size_t k = vec_end; k < n; ++k) m = std::max(m, std::fabs(p[k]));
+        const float scale = clip * m / 7.0f;
+        if (scale != 0.0f) {
+            const float inv = 1.0f / scale;
+            const bf vinv(inv), vlo(-7.0f), vhi(7.0f);
+            alignas(64) std::int32_t qv[width];
+            for (std::size_t k = 0; k < vec_end; k += width) {
+                const bf v = xsimd::nearbyint(bf::load_unaligned(p + k) * vinv);
+                xsimd::batch_cast<std::int32_t>(xsimd::clip(v, vlo, vhi)).store_aligned(qv);
+                for (std::size_t l = 0; l < width; ++l)
+                    codes[k + l] = static_cast<std::int8_t>(qv[l]);
+            }
+            for (std::size_t k = vec_end; k < n; ++k)
+                codes[k] =
+                    static_cast<std::int8_t>(std::clamp(std::nearbyint(p[k] * inv), -7.0f, 7.0f));
+        }
+        q.scales[t] = scale;
+        std::int32_t s = 0;
+        for (std::size_t k = 0; k < n; ++k) s += codes[k];
+        q.sums[t] = s;
+    }
+    return q;
+}
+
+}  // namespace old_path
+
+enum class act_variant { old_path, allocating, reused, scalar_reference };
+
+// Args: cols, tokens. Reports ns per value in the summary.
+template <act_variant V>
+void bm_act(benchmark::State& st) {
+    const auto k = std::size_t(st.range(0)), m = std::size_t(st.range(1));
+    const auto x = random_floats(m * k, 9);
+    const qift::matrix_view<const float> xv(x.data(), m, k);
+    qift::quantized_activations q = qift::quantize_activations(xv);
+    std::vector<std::int8_t> codes(k);
+    for (auto _ : st) {
+        if constexpr (V == act_variant::old_path) {
+            auto r = old_path::quantize_activations(xv, 1.0f);
+            benchmark::DoNotOptimize(r.codes.data());
+        } else if constexpr (V == act_variant::allocating) {
+            auto r = qift::quantize_activations(xv);
+            benchmark::DoNotOptimize(r.codes.data());
+        } else if constexpr (V == act_variant::reused) {
+            qift::quantize_activations(xv, q);
+            benchmark::DoNotOptimize(q.codes.data());
+        } else {
+            for (std::size_t t = 0; t < m; ++t)
+                q.scales[t] =
+                    qift::detail::quantize_token_scalar({&x[t * k], k}, 1.0f, -7, codes.data());
+            benchmark::DoNotOptimize(codes.data());
+        }
+        benchmark::ClobberMemory();
+    }
+    st.counters["values"] = double(m * k);
+    st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations() * m * k));
 }
 
 void bm_int8(benchmark::State& st) {
@@ -268,6 +333,28 @@ void sgemv_shapes(benchmark::internal::Benchmark* b) {
     b->Unit(benchmark::kMicrosecond)->MinTime(0.2)->UseRealTime();
 }
 
+// The two-thread executor comparison and the forced-AVX2 kernels: the LLaMA-7B-like shapes.
+void spawn_shapes(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"N", "K", "threads", "cold"});
+    for (auto [n, k] : {std::pair{4096, 4096}, {11008, 4096}})
+        for (int cold : {0, 1}) b->Args({n, k, 2, cold});
+    b->Unit(benchmark::kMicrosecond)->MinTime(0.2)->UseRealTime();
+}
+
+[[maybe_unused]] void avx2_shapes(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"N", "K", "threads", "cold"});
+    for (auto [n, k] : {std::pair{4096, 4096}, {11008, 4096}})
+        for (int cold : {0, 1}) b->Args({n, k, 1, cold});
+    b->Unit(benchmark::kMicrosecond)->MinTime(0.2)->UseRealTime();
+}
+
+void act_shapes(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"K", "M"});
+    for (int k : {4096, 11008})
+        for (int m : {1, 64}) b->Args({k, m});
+    b->Unit(benchmark::kMicrosecond)->MinTime(0.2)->UseRealTime();
+}
+
 void gemm_shapes(benchmark::internal::Benchmark* b) {
     b->ArgNames({"N", "K", "threads", "M"});
     for (int m : {64, 256})
@@ -278,10 +365,29 @@ void gemm_shapes(benchmark::internal::Benchmark* b) {
 BENCHMARK(bm_read<2>)->Apply(gemv_shapes)->Name("read_w2_bytes");
 BENCHMARK(bm_read<4>)->Apply(gemv_shapes)->Name("read_w4_bytes");
 BENCHMARK(bm_w2a4<qift::levels::pot_mnz>)->Apply(gemv_shapes)->Name("w2a4_pot_mnz");
-BENCHMARK(bm_w2a4<qift::levels::pot_mnz, true>)->Apply(gemv_shapes)->Name("w2a4_pot_mnz_shift_add");
+BENCHMARK(bm_w2a4<qift::levels::pot_mnz, variant::shift_add>)
+    ->Apply(gemv_shapes)
+    ->Name("w2a4_pot_mnz_shift_add");
 BENCHMARK(bm_w2a4<qift::levels::mnz>)->Apply(gemv_shapes)->Name("w2a4_mnz");
 BENCHMARK(bm_w2a16<qift::levels::nf2>)->Apply(gemv_shapes)->Name("w2a16_nf2");
 BENCHMARK(bm_w2a4<qift::levels::int4>)->Apply(gemv_shapes)->Name("w4a4_int4");
+BENCHMARK(bm_w2a4<qift::levels::mnz, variant::spawn>)->Apply(spawn_shapes)->Name("w2a4_mnz_spawn");
+BENCHMARK(bm_w2a16<qift::levels::nf2, variant::spawn>)
+    ->Apply(spawn_shapes)
+    ->Name("w2a16_nf2_spawn");
+BENCHMARK(bm_w2a4<qift::levels::int4, variant::spawn>)
+    ->Apply(spawn_shapes)
+    ->Name("w4a4_int4_spawn");
+#if defined(__AVX512BW__)
+// The 256-bit kernels of this build (VNNI where it has it), forced: compare with a build for
+// -march=x86-64-v3 [-mavxvnni] for the true AVX2 machine (16 registers, VEX encodings).
+BENCHMARK(bm_w2a4<qift::levels::pot_mnz, variant::avx2>)
+    ->Apply(avx2_shapes)
+    ->Name("w2a4_pot_mnz_avx2");
+BENCHMARK(bm_w2a4<qift::levels::mnz, variant::avx2>)->Apply(avx2_shapes)->Name("w2a4_mnz_avx2");
+BENCHMARK(bm_w2a16<qift::levels::nf2, variant::avx2>)->Apply(avx2_shapes)->Name("w2a16_nf2_avx2");
+BENCHMARK(bm_w2a4<qift::levels::int4, variant::avx2>)->Apply(avx2_shapes)->Name("w4a4_int4_avx2");
+#endif
 BENCHMARK(bm_int8)->Apply(gemv_shapes)->Name("int8_gemv");
 #if defined(QIFT_HAVE_OPENBLAS)
 BENCHMARK(bm_sgemv)->Apply(sgemv_shapes)->Name("sgemv_f32");
@@ -289,6 +395,12 @@ BENCHMARK(bm_sgemm)->Apply(gemm_shapes)->Name("sgemm_f32");
 #endif
 BENCHMARK(bm_gemm<qift::levels::pot_mnz>)->Apply(gemm_shapes)->Name("gemm_w2a4_pot_mnz");
 BENCHMARK(bm_gemm<qift::levels::int4>)->Apply(gemm_shapes)->Name("gemm_w4a4_int4");
+BENCHMARK(bm_act<act_variant::old_path>)->Apply(act_shapes)->Name("act_quant_old_path");
+BENCHMARK(bm_act<act_variant::allocating>)->Apply(act_shapes)->Name("act_quant_allocating");
+BENCHMARK(bm_act<act_variant::reused>)->Apply(act_shapes)->Name("act_quant_reused");
+BENCHMARK(bm_act<act_variant::scalar_reference>)
+    ->Apply(act_shapes)
+    ->Name("act_quant_scalar_reference");
 
 // Collects every run so the summary can put each kernel beside its baselines.
 class summary_reporter : public benchmark::ConsoleReporter {
@@ -329,6 +441,17 @@ class summary_reporter : public benchmark::ConsoleReporter {
         }
     }
 
+    // The family a variant is compared with: its name without the variant suffix.
+    static std::string base_family(const std::string& family) {
+        for (const char* suffix : {"_avx2", "_spawn", "_shift_add"}) {
+            const std::string sfx(suffix);
+            if (family.size() > sfx.size() &&
+                family.compare(family.size() - sfx.size(), sfx.size(), sfx) == 0)
+                return family.substr(0, family.size() - sfx.size());
+        }
+        return family;
+    }
+
     const row* find(const std::string& family, std::int64_t n, std::int64_t k, std::int64_t t,
                     std::int64_t c) const {
         for (const auto& r : rows)
@@ -342,9 +465,11 @@ class summary_reporter : public benchmark::ConsoleReporter {
         std::printf(
             "\nGEMV summary (time in µs; GB/s of weight bytes; x sgemv = sgemv time / "
             "this time; roofline = read of the same bytes, same threads and hot/cold, "
-            "time / this time)\n");
-        std::printf("%-24s %6s %6s %3s %5s %10s %8s %9s %9s\n", "kernel", "N", "K", "thr", "cache",
-                    "us", "GB/s", "x_sgemv", "roofline");
+            "time / this time; x_base = default variant's time / this variant's (_avx2: "
+            "AVX-512 kernel, _spawn: pool executor, _shift_add: byte-shuffle kernel); x_1thr = "
+            "one-thread time of the default variant / this two-thread time)\n");
+        std::printf("%-26s %6s %6s %3s %5s %10s %8s %9s %9s %7s %7s\n", "kernel", "N", "K", "thr",
+                    "cache", "us", "GB/s", "x_sgemv", "roofline", "x_base", "x_1thr");
         for (const auto& r : rows) {
             if (r.args.size() != 4 || r.family.rfind("sgemm", 0) == 0 ||
                 r.family.rfind("gemm", 0) == 0)
@@ -354,13 +479,37 @@ class summary_reporter : public benchmark::ConsoleReporter {
             const row* rd = find(w4 ? "read_w4_bytes" : "read_w2_bytes", r.args[0], r.args[1],
                                  r.args[2], r.args[3]);
             const bool is_int8 = r.family == "int8_gemv";
+            // x_base: the same kernel's default path (AVX-512 or pool) over this variant;
+            // x_1thr: one thread (default path) over this two-thread time.
+            const std::string base = base_family(r.family);
+            const row* bs =
+                base == r.family ? nullptr : find(base, r.args[0], r.args[1], r.args[2], r.args[3]);
+            const row* one =
+                r.args[2] == 2 ? find(base, r.args[0], r.args[1], 1, r.args[3]) : nullptr;
+            const auto ratio = [](const row* b, double us) {
+                return b ? std::to_string(b->us / us).substr(0, 5) : std::string("-");
+            };
             std::printf(
-                "%-24s %6lld %6lld %3lld %5s %10.1f %8.1f %9.2f %9s\n", r.family.c_str(),
+                "%-26s %6lld %6lld %3lld %5s %10.1f %8.1f %9.2f %9s %7s %7s\n", r.family.c_str(),
                 (long long)r.args[0], (long long)r.args[1], (long long)r.args[2],
                 r.args[3] ? "cold" : "hot", r.us, r.bytes / r.us * 1e-3, sg ? sg->us / r.us : 0.0,
                 rd && !is_int8 && r.family.rfind("read", 0) != 0 && r.family.rfind("sgemv", 0) != 0
                     ? std::to_string(rd->us / r.us).substr(0, 5).c_str()
-                    : "-");
+                    : "-",
+                ratio(bs, r.us).c_str(), ratio(one, r.us).c_str());
+        }
+        std::printf(
+            "\nActivation quantization (K values a token, M tokens; x old = old path time / "
+            "this time)\n");
+        std::printf("%-28s %6s %4s %10s %9s %7s\n", "variant", "K", "M", "us", "ns/value", "x_old");
+        for (const auto& r : rows) {
+            if (r.family.rfind("act_quant", 0) != 0 || r.args.size() != 2) continue;
+            const row* old = nullptr;
+            for (const auto& o : rows)
+                if (o.family == "act_quant_old_path" && o.args == r.args) old = &o;
+            std::printf("%-28s %6lld %4lld %10.3f %9.3f %7.2f\n", r.family.c_str(),
+                        (long long)r.args[0], (long long)r.args[1], r.us,
+                        r.us * 1e3 / double(r.args[0] * r.args[1]), old ? old->us / r.us : 0.0);
         }
         std::printf(
             "\nGEMM summary (N = K = 4096; Gop/s = 2·M·N·K / time; x sgemm = sgemm time "

@@ -168,3 +168,40 @@ TEST_CASE("gemv splits rows over threads with the same result") {
     qift::gemv(p, a, y_par);
     CHECK(y_serial == y_par);
 }
+
+TEST_CASE_TEMPLATE("integer gemv tiles (AVX-512 4-row, AVX2 2-row): odd row counts, long rows", L,
+                   qift::levels::pot_mnz, qift::levels::mnz, qift::levels::int4, qift::levels::e2m1,
+                   qift::levels::asymmetric) {
+    unsigned seed = 500;
+    for (std::size_t rows : {2u, 3u, 7u, 37u})
+        for (std::size_t cols : {511u, 1000u, 4100u}) {
+            const auto w = gaussian_matrix(rows, cols, seed++);
+            const auto x = gaussian_matrix(1, cols, seed++);
+            check_integer_gemv(quantize_fast<L>(w),
+                               qift::quantize_activations(x, 0.8f, qift::a4_range::full));
+        }
+}
+
+TEST_CASE("gemv: serial, the default pool and the spawning executor agree, call after call") {
+    const auto w = gaussian_matrix(517, 2100, 21);
+    const auto x = gaussian_matrix(1, 2100, 22);
+    const qift::packed_matrix<qift::levels::mnz> p(quantize_fast<qift::levels::mnz>(w));
+    const qift::packed_matrix<qift::levels::nf2> pf(quantize_fast<qift::levels::nf2>(w));
+    const auto a = qift::quantize_activations(x);
+    std::vector<float> ref(517), ref_f(517), y(517), yf(517);
+    qift::set_parallel_executor(qift::serial_executor);
+    qift::gemv(p, a, ref);
+    qift::gemv(pf, x.row(0), ref_f);
+    for (int exec = 0; exec < 2; ++exec) {
+        qift::set_parallel_executor(
+            exec == 0 ? qift::parallel_executor(nullptr)
+                      : qift::parallel_executor(qift::detail::std_thread_executor));
+        for (int call = 0; call < 20; ++call) {
+            qift::gemv(p, a, y);
+            CHECK(y == ref);
+            qift::gemv(pf, x.row(0), yf);
+            CHECK(yf == ref_f);  // rows are independent: the split does not change rounding
+        }
+    }
+    qift::set_parallel_executor(nullptr);
+}

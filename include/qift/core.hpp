@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: MIT
 // Vocabulary shared by every qift header: the error type, the row-major matrix view and its
-// owning counterpart, a cache-line-aligned allocator, and the replaceable parallel_for hook.
+// owning counterpart, a cache-line-aligned allocator, and the replaceable parallel_for hook
+// (by default a persistent thread pool).
 #pragma once
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -176,9 +179,27 @@ inline unsigned default_thread_count() noexcept {
     return hw == 0 ? 1u : hw;
 }
 
-/// Default executor: splits [0, n) into one contiguous chunk per hardware thread (the calling
-/// thread runs the last one). Cheap enough for the coarse loops qift uses it for (rows of a
-/// matrix, blocks of a solve); an engine with its own pool installs it via set_parallel_executor.
+/// Runs body(b, e) and stores the first exception escaping it in `error` (an exception leaving
+/// a worker thread would terminate the program).
+inline void run_catching(const range_fn& body, std::size_t b, std::size_t e,
+                         [[maybe_unused]] std::exception_ptr& error,
+                         [[maybe_unused]] std::mutex& error_mutex) {
+#if QIFT_HAS_EXCEPTIONS
+    try {
+        body(b, e);
+    } catch (...) {
+        std::lock_guard lock(error_mutex);
+        if (!error) error = std::current_exception();
+    }
+#else
+    body(b, e);
+#endif
+}
+
+/// The executor of qift before the pool: one contiguous chunk per hardware thread, a new
+/// std::thread for each but the last (run by the caller), joined before returning. Kept for
+/// measurement: starting and joining the threads costs tens of microseconds a call, more than a
+/// 4096×4096 W2 GEMV.
 inline void std_thread_executor(std::size_t n, const range_fn& body) {
     const std::size_t threads = std::min<std::size_t>(default_thread_count(), n);
     if (threads <= 1) {
@@ -188,22 +209,10 @@ inline void std_thread_executor(std::size_t n, const range_fn& body) {
     std::vector<std::thread> pool;
     pool.reserve(threads - 1);
     const std::size_t chunk = (n + threads - 1) / threads;
-#if QIFT_HAS_EXCEPTIONS
     std::exception_ptr first_error;
     std::mutex error_mutex;
-#endif
-    // An exception escaping a worker thread would terminate: carry the first one back.
-    auto run = [&](std::size_t b, std::size_t e) {
-#if QIFT_HAS_EXCEPTIONS
-        try {
-            body(b, e);
-        } catch (...) {
-            std::lock_guard lock(error_mutex);
-            if (!first_error) first_error = std::current_exception();
-        }
-#else
-        body(b, e);
-#endif
+    const auto run = [&](std::size_t b, std::size_t e) {
+        run_catching(body, b, e, first_error, error_mutex);
     };
     std::size_t begin = 0;
     for (std::size_t t = 0; t + 1 < threads && begin < n; ++t, begin += chunk)
@@ -215,18 +224,195 @@ inline void std_thread_executor(std::size_t n, const range_fn& body) {
 #endif
 }
 
+/// Spins for up to about 100 µs until done() holds, then sleeps on `a` (atomic wait) until a
+/// notify finds done() true. Loops of back-to-back calls (a GEMV per layer) then hand work over
+/// without a futex wake-up, and an idle pool costs no CPU.
+template <class T, class Done>
+void spin_then_wait(const std::atomic<T>& a, Done done) noexcept {
+    const auto start = std::chrono::steady_clock::now();
+    for (unsigned i = 1;; ++i) {
+        if (done()) return;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        if (i % 64 == 0 &&
+            std::chrono::steady_clock::now() - start > std::chrono::microseconds(100))
+            break;
+    }
+    for (;;) {
+        const T v = a.load(std::memory_order_acquire);
+        if (done()) return;
+        a.wait(v, std::memory_order_acquire);
+    }
+}
+
+/// True on the pool's workers, and on a thread while it runs a parallel region: parallel_for
+/// called from there runs serially instead of waiting on itself.
+inline thread_local bool inside_parallel_region = false;
+
+/// The default executor's persistent pool: default_thread_count() − 1 workers, started on the
+/// first parallel loop and joined at exit. A call splits [0, n) into one contiguous chunk per
+/// thread (as std_thread_executor does); the caller and the workers claim chunks in order, so
+/// a worker that the OS has not scheduled yet leaves its chunk to the caller instead of
+/// stalling the call. One region at a time: a call from a worker, from inside a body, or from
+/// another thread while a region runs executes serially on its caller. The first exception of
+/// a body is rethrown on the caller once every chunk is done.
+class thread_pool {
+  public:
+    explicit thread_pool(unsigned workers) {
+        threads_.reserve(workers);
+        for (unsigned i = 0; i < workers; ++i) threads_.emplace_back([this] { work(); });
+    }
+    thread_pool(const thread_pool&) = delete;
+    thread_pool& operator=(const thread_pool&) = delete;
+    ~thread_pool() {
+        {
+            std::lock_guard lock(state_mutex_);
+            stop_ = true;
+        }
+        generation_.fetch_add(1, std::memory_order_release);
+        generation_.notify_all();
+        for (auto& t : threads_) t.join();
+    }
+
+    /// The process-wide pool (nullptr once it has been destroyed at exit, or when the machine
+    /// has one hardware thread).
+    static thread_pool* instance() {
+        static const unsigned workers = default_thread_count() - 1;
+        if (workers == 0) return nullptr;
+        static thread_pool pool(workers);
+        static const lifetime guard;
+        return lifetime::alive.load(std::memory_order_acquire) ? &pool : nullptr;
+    }
+
+    /// Runs body over [0, n) on the pool; returns false (having run nothing) when the pool is
+    /// busy or the caller is inside a parallel region.
+    bool try_run(std::size_t n, const range_fn& body) {
+        if (inside_parallel_region) return false;
+        std::unique_lock call(call_mutex_, std::try_to_lock);
+        if (!call.owns_lock()) return false;
+        const std::size_t chunks = std::min<std::size_t>(threads_.size() + 1, n);
+        {
+            std::lock_guard lock(state_mutex_);
+            body_ = &body;
+            n_ = n;
+            chunk_ = (n + chunks - 1) / chunks;
+            chunks_ = (n + chunk_ - 1) / chunk_;
+            next_ = 0;
+            remaining_.store(static_cast<std::uint32_t>(chunks_), std::memory_order_relaxed);
+            error_ = nullptr;
+        }
+        generation_.fetch_add(1, std::memory_order_release);
+        generation_.notify_all();
+        inside_parallel_region = true;
+        claim_chunks();
+        spin_then_wait(remaining_, [&] { return remaining_.load(std::memory_order_acquire) == 0; });
+        inside_parallel_region = false;
+        std::exception_ptr error;
+        {
+            std::lock_guard lock(state_mutex_);
+            body_ = nullptr;
+            error = std::move(error_);
+        }
+#if QIFT_HAS_EXCEPTIONS
+        if (error) std::rethrow_exception(error);
+#endif
+        return true;
+    }
+
+  private:
+    // Marks the pool dead when static destruction reaches it (constructed after the pool, so
+    // destroyed before it): later calls run serially.
+    struct lifetime {
+        static inline std::atomic<bool> alive{false};
+        lifetime() noexcept { alive.store(true, std::memory_order_release); }
+        ~lifetime() { alive.store(false, std::memory_order_release); }
+    };
+
+    // Claims and runs chunks of the current region until none is left.
+    void claim_chunks() {
+        for (;;) {
+            const range_fn* body = nullptr;
+            std::size_t b = 0, e = 0;
+            {
+                std::lock_guard lock(state_mutex_);
+                if (body_ == nullptr || next_ >= chunks_) return;
+                b = next_++ * chunk_;
+                e = std::min(n_, b + chunk_);
+                body = body_;
+            }
+            run_catching(*body, b, e, error_, error_mutex_);
+            if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) remaining_.notify_all();
+        }
+    }
+
+    void work() {
+        inside_parallel_region = true;
+        // The generation at construction, not the current one: a worker the OS starts only
+        // after the destructor's bump must still see it (else it sleeps and join() hangs).
+        std::uint32_t seen = 0;
+        for (;;) {
+            spin_then_wait(generation_,
+                           [&] { return generation_.load(std::memory_order_acquire) != seen; });
+            seen = generation_.load(std::memory_order_acquire);
+            {
+                std::lock_guard lock(state_mutex_);
+                if (stop_) return;
+            }
+            claim_chunks();
+            // Stay in step with the caller: wait for the end of this region (or the start of
+            // the next) before the idle spin starts. Timed from the worker's own wake-up instead,
+            // a worker that arrived late (the caller had claimed every chunk) slept again before
+            // the next call of a back-to-back loop, missed it, and the loop ran serially.
+            spin_then_wait(remaining_, [&] {
+                return remaining_.load(std::memory_order_acquire) == 0 ||
+                       generation_.load(std::memory_order_acquire) != seen;
+            });
+        }
+    }
+
+    std::vector<std::thread> threads_;
+    std::mutex call_mutex_;   // held by the thread running a region
+    std::mutex state_mutex_;  // guards the region's description and next_
+    const range_fn* body_ = nullptr;
+    std::size_t n_ = 0, chunk_ = 1, chunks_ = 0, next_ = 0;
+    bool stop_ = false;
+    // 32-bit: the width that std::atomic::wait maps onto a futex directly.
+    std::atomic<std::uint32_t> remaining_{0};   // chunks not yet finished
+    std::atomic<std::uint32_t> generation_{0};  // bumped per region (and at shutdown)
+    std::exception_ptr error_;
+    std::mutex error_mutex_;
+};
+
+}  // namespace detail
+
+/// The default executor: the persistent pool of detail::thread_pool (started on first use,
+/// joined at exit), falling back to a serial loop on the calling thread when called from inside
+/// a parallel region (nested parallel_for), while another thread's region runs, or on a
+/// one-thread machine.
+inline void thread_pool_executor(std::size_t n, const range_fn& body) {
+    if (n == 0) return;
+    if (n > 1)
+        if (detail::thread_pool* pool = detail::thread_pool::instance();
+            pool && pool->try_run(n, body))
+            return;
+    body(0, n);
+}
+
+namespace detail {
+
 inline parallel_executor& executor_slot() {
-    static parallel_executor slot = std_thread_executor;
+    static parallel_executor slot = thread_pool_executor;
     return slot;
 }
 
 }  // namespace detail
 
-/// Replaces the executor every qift parallel loop uses (pass nullptr to restore the default).
-/// Not thread-safe with respect to loops already running; set it once at start-up.
+/// Replaces the executor every qift parallel loop uses (pass nullptr to restore the default,
+/// thread_pool_executor). Not thread-safe with respect to loops already running; set it once
+/// at start-up.
 inline void set_parallel_executor(parallel_executor exec) {
-    detail::executor_slot() =
-        exec ? std::move(exec) : parallel_executor(detail::std_thread_executor);
+    detail::executor_slot() = exec ? std::move(exec) : parallel_executor(thread_pool_executor);
 }
 
 /// A serial executor, for callers that want qift single-threaded.

@@ -201,6 +201,33 @@ inline std::int32_t hsum_epi32(__m256i v) noexcept {
 }
 #endif
 
+/// Decode tables of the 256-bit kernels for level set L (no intrinsics: usable on any x86
+/// target). linear: the offset levels are u[c] = scale·c, so a mask alone decodes slot s to
+/// 2^shift(s)·c (the caller shifts the slot's sum back, exactly). table0 / table1: u of the code
+/// in bits [0, bits) / [bits, 2·bits) of a 4-bit index (vpshufb tables; 4-bit sets use table0).
+template <class L>
+struct nibble_decode {
+    using T = integer_dot_tables<L>;
+    static constexpr bool linear = [] {
+        for (std::size_t c = 0; c < (std::size_t{1} << T::bits); ++c)
+            if (T::u[c] != T::u[1] * c) return false;
+        return true;
+    }();
+    static constexpr int scale = linear ? int(T::u[1]) : 1;
+    static constexpr unsigned shift(int s) noexcept { return unsigned(s) * T::bits; }
+    alignas(16) static constexpr std::array<std::uint8_t, 16> table0 = [] {
+        std::array<std::uint8_t, 16> t{};
+        for (std::size_t i = 0; i < 16; ++i) t[i] = T::u[i & packed_codes<T::bits>::mask];
+        return t;
+    }();
+    alignas(16) static constexpr std::array<std::uint8_t, 16> table1 = [] {
+        std::array<std::uint8_t, 16> t{};
+        for (std::size_t i = 0; i < 16; ++i)
+            t[i] = T::bits == 2 ? T::u[(i >> 2) & packed_codes<T::bits>::mask] : 0;
+        return t;
+    }();
+};
+
 #if defined(__AVX512BW__)
 /// Decoding of 64-byte blocks of level set L into S registers of unsigned bytes u, register s
 /// holding the codes of slot s. Sets whose offset levels are linear in the code (u[c] = scale·c:
@@ -320,6 +347,32 @@ inline void reduce_rows_epi32(const __m512i* v, std::int32_t* res) noexcept {
 }
 #endif
 
+/// Whether the GEMV tiles (integer and float) prefetch their weights with the non-temporal hint
+/// (locality 0) rather than T1 (locality 2): on AMD CPUs (checked once, at run time). Measured,
+/// 4096² PoT-MNZ, one Zen 5 thread, median of 400 calls: cold no prefetch 293 µs, T0 212, T1 197,
+/// NTA 118-127; hot none 60, T0 67, NTA 65. On a 2-core Sapphire Rapids VM (one thread; mean of two
+/// interleaved runs of the four builds, load 4-6 on the 2 cores; µs, NTA / T0 / T1 / none) NTA is
+/// 2-5x slower than the others, hot and cold: W2A4 MNZ 4096² hot 689 / 255 / 253 / 271, cold 1083 /
+/// 723 / 749 / 952; 11008x4096 hot 2802 / 826 / 867 / 802, cold 3104 / 1793 / 1766 / 2645; W4A4
+/// INT4 4096² hot 2275 / 611 / 614 / 572, cold 2443 / 1298 / 1148 / 1406; 11008x4096 hot 7000 /
+/// 1678 / 1504 / 1500, cold 6783 / 3466 / 2830 / 3680. T1 is the best or within the noise
+/// of the best in every case there (prefetching pays cold: up to 1.5x over none), hence T1
+/// on other vendors.
+inline bool prefetch_non_temporal() noexcept {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+    static const bool amd = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_is("amd") != 0;
+    }();
+    return amd;
+#else
+    return false;
+#endif
+}
+
+/// Bytes ahead (rounded up to whole row tiles) that the GEMV tiles prefetch their weights.
+inline constexpr std::size_t gemv_prefetch_distance = 8192;
+
 /// Integer dot tile by byte-shuffle decode and integer multiply-add, the x86 path (AVX2 and
 /// AVX-512BW, with VNNI vpdpbusd where the target has it). Why this realizes "no multiplies by
 /// weights": a 2-bit code selects one of four small integers, so decoding is a table lookup
@@ -376,10 +429,20 @@ struct integer_dot_lut_madd {
     }
 
   private:
+    static constexpr std::size_t prefetch_distance = gemv_prefetch_distance;
+
     template <int Tk, bool Wide, class L>
     static void row_tiles(const std::uint8_t* w, std::size_t w_stride, std::size_t rows,
                           std::size_t blocks, const std::int8_t* a, std::size_t a_stride,
                           const std::int32_t* asum, std::int32_t* out, std::size_t ldo) noexcept {
+        if constexpr (Tk == 1) {
+            if (prefetch_non_temporal())
+                gemv_row_tiles<Wide, L, 0>(w, w_stride, rows, blocks, a, asum, out, ldo);
+            else
+                gemv_row_tiles<Wide, L, 2>(w, w_stride, rows, blocks, a, asum, out, ldo);
+            (void)a_stride;
+            return;
+        }
         std::size_t i = 0;
         for (; i + 4 <= rows; i += 4)
             tile<4, Tk, Wide, L>(w + i * w_stride, w_stride, blocks, a, a_stride, asum,
@@ -389,17 +452,52 @@ struct integer_dot_lut_madd {
                                  out + i * ldo, ldo);
     }
 
+    /// The GEMV (one token) over all rows: AVX-512 tiles of 4 rows, AVX2 tiles of 2 (its 16
+    /// registers hold 2 rows' per-slot accumulators), then single rows. Locality is the
+    /// __builtin_prefetch locality of the weight prefetch (0 = NTA, 2 = T1).
+    template <bool Wide, class L, int Locality>
+    static void gemv_row_tiles(const std::uint8_t* w, std::size_t w_stride, std::size_t rows,
+                               std::size_t blocks, const std::int8_t* a, const std::int32_t* asum,
+                               std::int32_t* out, std::size_t ldo) noexcept {
+        constexpr int R = Wide ? 4 : 2;
+        std::size_t i = 0;
+        for (; i + R <= rows; i += R)
+            gemv_tile_any<R, Wide, L, Locality>(w + i * w_stride, w_stride, blocks, a, asum,
+                                                out + i * ldo, ldo);
+        for (; i < rows; ++i)
+            gemv_tile_any<1, Wide, L, Locality>(w + i * w_stride, w_stride, blocks, a, asum,
+                                                out + i * ldo, ldo);
+    }
+
+    template <int R, bool Wide, class L, int Locality>
+    static void gemv_tile_any(const std::uint8_t* w, std::size_t w_stride, std::size_t blocks,
+                              const std::int8_t* a, const std::int32_t* asum, std::int32_t* out,
+                              std::size_t ldo) noexcept {
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+        if constexpr (Wide) {
+            gemv_tile<R, L, Locality>(w, w_stride, blocks, a, asum, out, ldo);
+            return;
+        }
+#endif
+#if defined(__AVX2__)
+        if constexpr (!Wide) {
+            gemv_tile_256<R, L, Locality>(w, w_stride, blocks, a, asum, out, ldo);
+            return;
+        }
+#endif
+        maddubs_tile<R, 1, Wide, L>(w, w_stride, blocks, a, 0, asum, out, ldo);
+    }
+
 #if defined(__AVX512BW__) && defined(__AVX512VNNI__)
     /// One token against R rows with vpdpbusd (the GEMV tile). Each weight byte is loaded
     /// once and decoded to S registers of u; the activations of a block are shared by the R
     /// rows (memory operands of vpdpbusd, from L1). Four int32 accumulators per row, one per
     /// slot (2-bit) or per slot and block parity (4-bit), so consecutive vpdpbusd do not wait
     /// on each other; the R·4 are reduced together at the end.
-    static constexpr std::size_t prefetch_distance = 8192;
 
     // Not inlined: inlined into the token/row loops, GCC 12 reloaded the activations from
     // memory for every row and copied accumulators (4096² PoT-MNZ: 81 µs instead of 65 µs).
-    template <int R, class L>
+    template <int R, class L, int Locality>
     __attribute__((noinline)) static void gemv_tile(const std::uint8_t* w, std::size_t w_stride,
                                                     std::size_t blocks, const std::int8_t* a,
                                                     const std::int32_t* asum, std::int32_t* out,
@@ -418,11 +516,9 @@ struct integer_dot_lut_madd {
         // Software prefetch of the same block some tiles ahead (the rows that follow in
         // memory), at least prefetch_distance bytes: a 4-row tile of a 4096-column matrix is
         // one 4 KiB page, which the hardware prefetchers do not cross, and each row is a short
-        // stream they barely train on. Non-temporal hint: each weight byte is used once per
-        // call, so the lines go to L1 without displacing the L2 (4096² PoT-MNZ cold, one Zen 5
-        // thread, median of 400 calls in one process: no prefetch 293 µs, T0 212 µs, T1 197 µs,
-        // NTA 118-127 µs; weights hot in L3 no prefetch 60 µs, T0 67 µs, NTA 65 µs).
-        // Addresses past the matrix are only prefetched, never loaded.
+        // stream they barely train on. The hint (Locality) is chosen per CPU vendor, from the
+        // measurements at prefetch_non_temporal. Addresses past the matrix are only
+        // prefetched, never loaded.
         const std::size_t tile_bytes = std::size_t(R) * w_stride;
         const std::size_t ahead = (prefetch_distance + tile_bytes - 1) / tile_bytes * tile_bytes;
         const auto wp = reinterpret_cast<std::uintptr_t>(w);
@@ -435,9 +531,9 @@ struct integer_dot_lut_madd {
                 x[s] = _mm512_load_si512(a + bb * T::block_codes + std::size_t(s) * 64);
 #pragma GCC unroll 16
             for (int r = 0; r < R; ++r) {
-                _mm_prefetch(
+                __builtin_prefetch(
                     reinterpret_cast<const char*>(wp + std::size_t(r) * w_stride + bb * 64 + ahead),
-                    _MM_HINT_NTA);
+                    0, Locality);
                 __m512i blk = _mm512_load_si512(w + std::size_t(r) * w_stride + bb * 64);
 #if defined(__GNUC__) && !defined(__clang__)
                 // One load of the weights, not one folded into each of the S decode ops.
@@ -552,17 +648,120 @@ struct integer_dot_lut_madd {
     }
 #endif
 
+#if defined(__AVX2__)
+    /// One token against R rows on 256-bit registers (the AVX2 GEMV tile), the ideas of the
+    /// AVX-512 gemv_tile in halves of a 64-byte block: each weight half is loaded once (with the
+    /// same software prefetch) and decoded to S registers; the activations of the half are
+    /// loaded once for the R rows. With VNNI (AVX-VNNI vpdpbusd, or its AVX-512VL form) one
+    /// int32 accumulator per row and slot (and per half for 4-bit), linear sets decoded by a
+    /// mask alone (nibble_decode); without VNNI, vpshufb table decode, vpmaddubsw per slot
+    /// summed in int16 (<= 1920, see the proof above) and one vpmaddwd into the row's
+    /// accumulator. 16 registers: R = 2 (8 accumulators, 4 activation registers).
+    template <int R, class L, int Locality>
+    __attribute__((noinline)) static void gemv_tile_256(const std::uint8_t* w, std::size_t w_stride,
+                                                        std::size_t blocks, const std::int8_t* a,
+                                                        const std::int32_t* asum, std::int32_t* out,
+                                                        std::size_t ldo) noexcept {
+        using T = integer_dot_tables<L>;
+        using D = nibble_decode<L>;
+        constexpr int S = int(T::slots);
+#if defined(__AVXVNNI__) || (defined(__AVX512VNNI__) && defined(__AVX512VL__))
+        constexpr bool vnni = true;
+#else
+        constexpr bool vnni = false;
+#endif
+        constexpr bool by_mask = vnni && D::linear;
+        const __m256i lut0 = _mm256_broadcastsi128_si256(
+            _mm_load_si128(reinterpret_cast<const __m128i*>(D::table0.data())));
+        const __m256i lut1 = _mm256_broadcastsi128_si256(
+            _mm_load_si128(reinterpret_cast<const __m128i*>(D::table1.data())));
+        const __m256i nib = _mm256_set1_epi8(0x0F);
+        constexpr int A = vnni ? 4 : 1;  // accumulators per row
+        __m256i acc[R][A];
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+            for (int k = 0; k < A; ++k) acc[r][k] = _mm256_setzero_si256();
+        const std::size_t tile_bytes = std::size_t(R) * w_stride;
+        const std::size_t ahead = (prefetch_distance + tile_bytes - 1) / tile_bytes * tile_bytes;
+        const auto wp = reinterpret_cast<std::uintptr_t>(w);
+        for (std::size_t b = 0; b < blocks; ++b)
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; ++h) {
+                __m256i x[S];
+#pragma GCC unroll 4
+                for (int s = 0; s < S; ++s)
+                    x[s] = _mm256_load_si256(reinterpret_cast<const __m256i*>(
+                        a + b * T::block_codes + std::size_t(s) * 64 + std::size_t(h) * 32));
+#pragma GCC unroll 16
+                for (int r = 0; r < R; ++r) {
+                    const std::size_t off = std::size_t(r) * w_stride + b * 64;
+                    if (h == 0)
+                        __builtin_prefetch(reinterpret_cast<const char*>(wp + off + ahead), 0,
+                                           Locality);
+                    const __m256i blk = _mm256_load_si256(
+                        reinterpret_cast<const __m256i*>(w + off + std::size_t(h) * 32));
+                    __m256i d[S];
+                    if constexpr (by_mask) {
+#pragma GCC unroll 4
+                        for (int s = 0; s < S; ++s)
+                            d[s] = _mm256_and_si256(
+                                blk, _mm256_set1_epi8(static_cast<char>(packed_codes<T::bits>::mask
+                                                                        << D::shift(s))));
+                    } else {
+                        const __m256i lo = _mm256_and_si256(blk, nib);
+                        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(blk, 4), nib);
+                        if constexpr (S == 4) {
+                            d[0] = _mm256_shuffle_epi8(lut0, lo);
+                            d[1] = _mm256_shuffle_epi8(lut1, lo);
+                            d[2] = _mm256_shuffle_epi8(lut0, hi);
+                            d[3] = _mm256_shuffle_epi8(lut1, hi);
+                        } else {
+                            d[0] = _mm256_shuffle_epi8(lut0, lo);
+                            d[S - 1] = _mm256_shuffle_epi8(lut0, hi);
+                        }
+                    }
+                    if constexpr (vnni) {
+#pragma GCC unroll 4
+                        for (int s = 0; s < S; ++s) {
+                            __m256i& c = acc[r][A == S ? s : (h * S + s) % A];
+#if defined(__AVXVNNI__)
+                            c = _mm256_dpbusd_avx_epi32(c, d[s], x[s]);
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+                            c = _mm256_dpbusd_epi32(c, d[s], x[s]);
+#endif
+                        }
+                    } else {
+                        __m256i p = _mm256_maddubs_epi16(d[0], x[0]);
+#pragma GCC unroll 4
+                        for (int s = 1; s < S; ++s)
+                            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(d[s], x[s]));
+                        acc[r][0] =
+                            _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+                    }
+                }
+            }
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+            __m256i t = acc[r][0];
+#pragma GCC unroll 4
+            for (int k = 1; k < A; ++k)
+                t = _mm256_add_epi32(
+                    t, by_mask ? _mm256_srai_epi32(acc[r][k], int(D::shift(k % S))) : acc[r][k]);
+            out[std::size_t(r) * ldo] =
+                (by_mask ? D::scale : 1) * hsum_epi32(t) - T::offset * asum[0];
+        }
+    }
+#endif
+
     template <int R, int Tk, bool Wide, class L>
     static void tile(const std::uint8_t* w, std::size_t w_stride, std::size_t blocks,
                      const std::int8_t* a, std::size_t a_stride, const std::int32_t* asum,
                      std::int32_t* out, std::size_t ldo) noexcept {
 #if defined(__AVX512BW__) && defined(__AVX512VNNI__)
-        if constexpr (Wide) {
-            if constexpr (Tk == 1)
-                gemv_tile<R, L>(w, w_stride, blocks, a, asum, out, ldo);
-            else
-                gemm_tile<R, Tk, L>(w, w_stride, blocks, a, a_stride, asum, out, ldo);
-        } else
+        if constexpr (Wide)
+            gemm_tile<R, Tk, L>(w, w_stride, blocks, a, a_stride, asum, out, ldo);
+        else
 #endif
             maddubs_tile<R, Tk, Wide, L>(w, w_stride, blocks, a, a_stride, asum, out, ldo);
     }
@@ -751,13 +950,12 @@ struct float_dot_lut_fma {
             false;
 #endif
         if constexpr (use512 || use256) {
-            std::size_t i = 0;
-            for (; i + 4 <= rows; i += 4)
-                tiles<4, use512, Bits>(w + i * w_stride, w_stride, blocks, lut + i * 16, x,
-                                       x_stride, tokens, out + i * ldo, ldo);
-            for (; i < rows; ++i)
-                tiles<1, use512, Bits>(w + i * w_stride, w_stride, blocks, lut + i * 16, x,
-                                       x_stride, tokens, out + i * ldo, ldo);
+            if (prefetch_non_temporal())
+                row_tiles<use512, Bits, 0>(w, w_stride, rows, blocks, lut, x, x_stride, tokens, out,
+                                           ldo);
+            else
+                row_tiles<use512, Bits, 2>(w, w_stride, rows, blocks, lut, x, x_stride, tokens, out,
+                                           ldo);
         } else {
             using bf = xsimd::batch<float, Arch>;
             using P = packed_codes<Bits>;
@@ -784,20 +982,35 @@ struct float_dot_lut_fma {
     }
 
   private:
-    template <int R, bool Wide, unsigned Bits>
+    // Locality: the __builtin_prefetch locality of the weight prefetch (0 = NTA, 2 = T1).
+    template <bool Wide, unsigned Bits, int Locality>
+    static void row_tiles(const std::uint8_t* w, std::size_t w_stride, std::size_t rows,
+                          std::size_t blocks, const float* lut, const float* x,
+                          std::size_t x_stride, std::size_t tokens, float* out,
+                          std::size_t ldo) noexcept {
+        std::size_t i = 0;
+        for (; i + 4 <= rows; i += 4)
+            tiles<4, Wide, Bits, Locality>(w + i * w_stride, w_stride, blocks, lut + i * 16, x,
+                                           x_stride, tokens, out + i * ldo, ldo);
+        for (; i < rows; ++i)
+            tiles<1, Wide, Bits, Locality>(w + i * w_stride, w_stride, blocks, lut + i * 16, x,
+                                           x_stride, tokens, out + i * ldo, ldo);
+    }
+
+    template <int R, bool Wide, unsigned Bits, int Locality>
     static void tiles(const std::uint8_t* w, std::size_t w_stride, std::size_t blocks,
                       const float* lut, const float* x, std::size_t x_stride, std::size_t tokens,
                       float* out, std::size_t ldo) noexcept {
         std::size_t j = 0;
         for (; j + 4 <= tokens; j += 4)
-            tile<R, 4, Wide, Bits>(w, w_stride, blocks, lut, x + j * x_stride, x_stride, out + j,
-                                   ldo);
+            tile<R, 4, Wide, Bits, Locality>(w, w_stride, blocks, lut, x + j * x_stride, x_stride,
+                                             out + j, ldo);
         for (; j < tokens; ++j)
-            tile<R, 1, Wide, Bits>(w, w_stride, blocks, lut, x + j * x_stride, x_stride, out + j,
-                                   ldo);
+            tile<R, 1, Wide, Bits, Locality>(w, w_stride, blocks, lut, x + j * x_stride, x_stride,
+                                             out + j, ldo);
     }
 
-    template <int R, int Tk, bool Wide, unsigned Bits>
+    template <int R, int Tk, bool Wide, unsigned Bits, int Locality>
     // Without AVX-512F or AVX2 the body is empty (never called): hence [[maybe_unused]].
     static void tile([[maybe_unused]] const std::uint8_t* w, [[maybe_unused]] std::size_t w_stride,
                      [[maybe_unused]] std::size_t blocks, [[maybe_unused]] const float* lut,
@@ -805,6 +1018,12 @@ struct float_dot_lut_fma {
                      float* out, std::size_t ldo) noexcept {
         using P [[maybe_unused]] = packed_codes<Bits>;
         float res[R][Tk];
+        // The software prefetch of the integer GEMV tile (same distance and hint): without it
+        // the cold GEMV waited on every row's first lines.
+        [[maybe_unused]] const std::size_t tile_bytes = std::size_t(R) * w_stride;
+        [[maybe_unused]] const std::size_t ahead =
+            (gemv_prefetch_distance + tile_bytes - 1) / tile_bytes * tile_bytes;
+        [[maybe_unused]] const auto wp = reinterpret_cast<std::uintptr_t>(w);
         if constexpr (Wide) {
 #if defined(__AVX512F__)
             // vpermps reads only the 4 low bits of each index lane, and a widened byte holds the
@@ -835,9 +1054,14 @@ struct float_dot_lut_fma {
                 for (std::size_t q = 0; q < 64; q += 16) {
                     __m512i c[R];
 #pragma GCC unroll 16
-                    for (int r = 0; r < R; ++r)
+                    for (int r = 0; r < R; ++r) {
+                        if (q == 0)
+                            __builtin_prefetch(reinterpret_cast<const char*>(
+                                                   wp + std::size_t(r) * w_stride + b * 64 + ahead),
+                                               0, Locality);
                         c[r] = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(
                             w + std::size_t(r) * w_stride + b * 64 + q)));
+                    }
 #pragma GCC unroll 16
                     for (std::size_t s = 0; s < P::slots; ++s) {
                         if (s * Bits == 4)
@@ -885,10 +1109,15 @@ struct float_dot_lut_fma {
                 for (std::size_t q = 0; q < 64; q += 8) {
                     __m256i c[R];
 #pragma GCC unroll 16
-                    for (int r = 0; r < R; ++r)
+                    for (int r = 0; r < R; ++r) {
+                        if (q == 0)
+                            __builtin_prefetch(reinterpret_cast<const char*>(
+                                                   wp + std::size_t(r) * w_stride + b * 64 + ahead),
+                                               0, Locality);
                         c[r] =
                             _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(
                                 w + std::size_t(r) * w_stride + b * 64 + q)));
+                    }
 #pragma GCC unroll 16
                     for (std::size_t s = 0; s < P::slots; ++s) {
                         __m256 wv[R];
