@@ -692,11 +692,20 @@ class safetensors_writer {
         for (const entry* e : order) {
             if (header.size() > 1) header += ',';
             detail::json_append_string(header, e->name);
-            header += ":{\"dtype\":\"" + std::string(dtype_name(e->dtype)) + "\",\"shape\":[";
-            for (std::size_t i = 0; i < e->shape.size(); ++i)
-                header += (i ? "," : "") + std::to_string(e->shape[i]);
-            header += "],\"data_offsets\":[" + std::to_string(offset) + "," +
-                      std::to_string(offset + e->data.size()) + "]}";
+            // Appended piece by piece: GCC 12 at -O3 warns falsely (-Wrestrict, bug 105329) on
+            // "literal" + std::string temporaries here.
+            header += ":{\"dtype\":\"";
+            header += dtype_name(e->dtype);
+            header += "\",\"shape\":[";
+            for (std::size_t i = 0; i < e->shape.size(); ++i) {
+                if (i) header += ',';
+                header += std::to_string(e->shape[i]);
+            }
+            header += "],\"data_offsets\":[";
+            header += std::to_string(offset);
+            header += ',';
+            header += std::to_string(offset + e->data.size());
+            header += "]}";
             offset += e->data.size();
         }
         header += '}';
