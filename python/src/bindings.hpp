@@ -503,5 +503,6 @@ void bind_rotations(py::module_& m);    // Hadamard transforms and rotations
 void bind_kernels(py::module_& m);      // gptq, Hessians, packed_matrix, gemv/gemm, kv_cache
 void bind_methods(py::module_& m);      // MXFP4, TORQ, smoothing, one-bit
 void bind_checkpoints(py::module_& m);  // safetensors files, quantized results
+void bind_model(py::module_& m);        // Llama models: logits, perplexity
 
 }  // namespace qift::python

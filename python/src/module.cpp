@@ -482,4 +482,5 @@ PYBIND11_MODULE(_qift, m) {
     qp::bind_kernels(m);
     qp::bind_methods(m);
     qp::bind_checkpoints(m);
+    qp::bind_model(m);
 }

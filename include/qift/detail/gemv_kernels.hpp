@@ -724,7 +724,7 @@ struct integer_dot_lut_madd {
                     if constexpr (vnni) {
 #pragma GCC unroll 4
                         for (int s = 0; s < S; ++s) {
-                            __m256i& c = acc[r][A == S ? s : (h * S + s) % A];
+                            [[maybe_unused]] __m256i& c = acc[r][A == S ? s : (h * S + s) % A];
 #if defined(__AVXVNNI__)
                             c = _mm256_dpbusd_avx_epi32(c, d[s], x[s]);
 #elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
