@@ -240,6 +240,17 @@ class linear {
     }
 
   private:
+    /// y = the layer's product on a (codes or float rows): the GEMV for one token, else the
+    /// GEMM (each of whose rows equals the GEMV of its token).
+    template <class W, class A>
+    static void product(const W& w, const A& a, matrix_view<float> y) {
+        if (y.rows != 1) return gemm(w, a, y);
+        if constexpr (std::is_same_v<A, matrix_view<const float>>)
+            gemv(w, a.row(0), y.row(0));
+        else
+            gemv(w, a, y.row(0));
+    }
+
     void run(const float_weights& w, linear_input& in, matrix_view<float> y) const {
         w.forward(in_.quantized() ? in.dequantized(in_, in.x().cols) : in.x(), y);
     }
@@ -247,49 +258,20 @@ class linear {
     void run(const packed_matrix<L>& w, linear_input& in, matrix_view<float> y) const {
         const std::size_t pk = w.codes().padded_cols();
         if constexpr (integer_dot_level_set<L>) {
-            if (in_.a4()) {
-                const quantized_activations& a = in.a4(in_);
-                if (a.tokens == 1)
-                    gemv(w, a, y.row(0));
-                else
-                    gemm(w, a, y);
-                return;
-            }
+            if (in_.a4()) return product(w, in.a4(in_), y);
         }
         detail::gemm_float_padded(xsimd::default_arch{}, w,
                                   in_.quantized() ? in.dequantized(in_, pk) : in.padded(pk), y,
                                   false);
     }
     void run(const mxfp4_matrix& w, linear_input& in, matrix_view<float> y) const {
-        if (in_.mx()) {
-            const mxfp4_matrix& a = in.mx(in_);
-            if (a.rows() == 1)
-                gemv(w, a, y.row(0));
-            else
-                gemm(w, a, y);
-            return;
-        }
-        const matrix_view<const float> x = in_.a4() ? in.dequantized(in_, w.cols()) : in.x();
-        if (x.rows == 1)
-            gemv(w, x.row(0), y.row(0));
-        else
-            gemm(w, x, y);
+        if (in_.mx()) return product(w, in.mx(in_), y);
+        product(w, in_.a4() ? in.dequantized(in_, w.cols()) : in.x(), y);
     }
 
     void run(const binary_matrix& w, linear_input& in, matrix_view<float> y) const {
-        if (in_.a4() && w.column_scales().empty()) {
-            const quantized_activations& a = in.a4(in_);
-            if (a.tokens == 1)
-                gemv(w, a, y.row(0));
-            else
-                gemm(w, a, y);
-            return;
-        }
-        const matrix_view<const float> x = in_.quantized() ? in.dequantized(in_, w.cols()) : in.x();
-        if (x.rows == 1)
-            gemv(w, x.row(0), y.row(0));
-        else
-            gemm(w, x, y);
+        if (in_.a4() && w.column_scales().empty()) return product(w, in.a4(in_), y);
+        product(w, in_.quantized() ? in.dequantized(in_, w.cols()) : in.x(), y);
     }
 
     linear_storage w_;
