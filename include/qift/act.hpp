@@ -20,7 +20,7 @@
 #include "core.hpp"
 #include "detail/xsimd.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 /// Code range of A4 activations. The scale is always clip·max|x|/7, so with clip = 1 both
 /// ranges give codes in −7..7; with clip < 1 the full range also uses −8 for the most negative

@@ -18,7 +18,7 @@
 #include "core.hpp"
 #include "detail/linalg.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 // ---------------------------------------------------------------------------------------
 // Orientation and notation

@@ -21,7 +21,7 @@
 #include "gemm.hpp"
 #include "gemv.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 /// One plane of a binary_matrix as its producer hands it over: views of plain arrays.
 ///   signs   [rows][cols]    every value −1 or +1 (B^p), or empty: a constant plane, B^p = +1

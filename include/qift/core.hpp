@@ -31,6 +31,10 @@
 #define QIFT_HAS_EXCEPTIONS 0
 #endif
 
+#include "detail/target.hpp"
+
+// qift::error is the one name outside the target namespace (detail/target.hpp): code built for
+// one instruction set catches what code built for another throws.
 namespace qift {
 
 /// The one exception type qift throws for bad input at the API boundary (shapes, sizes,
@@ -41,6 +45,10 @@ class error : public std::runtime_error {
   public:
     using std::runtime_error::runtime_error;
 };
+
+}  // namespace qift
+
+namespace qift::inline QIFT_ISA {
 
 namespace detail {
 

@@ -11,7 +11,7 @@
 #include "core.hpp"
 #include "gemv.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 namespace detail {
 

@@ -17,7 +17,7 @@
 #include "pack.hpp"
 #include "scale.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 /// A [rows][cols] weight matrix in kernel form: codes packed with storage_bits<L> bits in the
 /// layout of pack.hpp, one scale per output row (per-channel; grouped scales are rejected),

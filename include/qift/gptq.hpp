@@ -20,7 +20,7 @@
 #include "levels.hpp"
 #include "scale.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 // ---------------------------------------------------------------------------------------
 // Hessian accumulation

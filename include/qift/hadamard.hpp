@@ -24,7 +24,7 @@
 #include <unordered_map>
 #include <vector>
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 /// Scaling of a Hadamard transform: `orthonormal` multiplies by 1/√n (the transform is then
 /// orthogonal and norm preserving), `none` leaves the ±1 matrix unscaled.

@@ -22,7 +22,7 @@
 #include "levels.hpp"
 #include "scale.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 /// A 4-bit KV quantization policy: asymmetric (min-max with an integer zero-point, the
 /// default, as QuaRot) or symmetric signed INT4 (codes −8..7, scale max|x|·clip/7).

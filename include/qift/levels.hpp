@@ -4,6 +4,8 @@
 // built-in sets of the Qift paper (arXiv 2606.02823) and its baselines.
 #pragma once
 
+#include "detail/target.hpp"
+
 #include <array>
 #include <bit>
 #include <concepts>
@@ -13,7 +15,7 @@
 #include <string_view>
 #include <type_traits>
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 // ---------------------------------------------------------------------------------------
 // The concept

@@ -20,7 +20,7 @@
 #include "gemm.hpp"
 #include "levels.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 /// Rounding of the scaled elements onto the E2M1 grid (microxcaling's `RoundingMode`).
 enum class mx_rounding {

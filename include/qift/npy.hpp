@@ -19,7 +19,7 @@
 #include "core.hpp"
 #include "detail/float16.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 /// Element types qift reads and writes in .npy files: float32 '<f4', float64 '<f8', uint8
 /// '|u1', int8 '|i1', int32 '<i4', int64 '<i8', uint32 '<u4'. Files of float16 and bfloat16

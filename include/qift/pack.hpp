@@ -10,7 +10,7 @@
 #include "core.hpp"
 #include "levels.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 /// Packed layout (the one documented place; the GEMV/GEMM kernels rely on it).
 ///

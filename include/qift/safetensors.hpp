@@ -39,7 +39,7 @@
 #define QIFT_HAS_MMAP 0
 #endif
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 /// Element types of safetensors tensors (the format's dtype strings). F8 types are not
 /// supported: reading a file that holds one throws.

@@ -16,7 +16,7 @@
 #include "detail/scale_kernels.hpp"
 #include "levels.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 /// How the per-channel scale is chosen before optional refinement.
 enum class scale_rule {

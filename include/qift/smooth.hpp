@@ -31,7 +31,7 @@
 #include "levels.hpp"
 #include "scale.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 // ---------------------------------------------------------------------------------------
 // Per-channel activation statistics
@@ -544,7 +544,7 @@ inline void scale_row(const float* x, const float* s, float* out, std::size_t n)
     std::size_t j = 0;
     for (; j + batch::size <= n; j += batch::size) {
         const batch a = batch::load_unaligned(x + j), b = batch::load_unaligned(s + j);
-        (Divide ? a / b : a * b).store_unaligned(out + j);
+        (Divide ? divide(a, b) : a * b).store_unaligned(out + j);
     }
     for (; j < n; ++j) out[j] = Divide ? x[j] / s[j] : x[j] * s[j];
 }
@@ -590,7 +590,7 @@ void fake_quantize_span(std::span<float> w, channel_params p) noexcept {
     const std::size_t n = w.size();
     std::size_t i = 0;
     for (; i + batch::size <= n; i += batch::size) {
-        const batch u = batch::load_unaligned(w.data() + i) / scale + zero;
+        const batch u = divide(batch::load_unaligned(w.data() + i), scale) + zero;
         nearest_level_value<L>(u, recon).store_unaligned(w.data() + i);
     }
     for (; i < n; ++i) w[i] = dequantize_value<L>(quantize_value<L>(w[i], p), p);

@@ -13,7 +13,7 @@
 
 #include "core.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 /// Standard normal density φ(x).
 inline double normal_pdf(double x) noexcept {

@@ -26,7 +26,7 @@
 #include "levels.hpp"
 #include "mx.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 // ---------------------------------------------------------------------------------------
 // Methods

@@ -28,7 +28,7 @@
 #define QIFT_BINARY_AVX2 0
 #endif
 
-namespace qift::detail {
+namespace qift::inline QIFT_ISA::detail {
 
 // ---------------------------------------------------------------------------------------
 // What the kernels compute

@@ -3,10 +3,12 @@
 // the checkpoint readers and writers (npy.hpp, safetensors.hpp).
 #pragma once
 
+#include "target.hpp"
+
 #include <bit>
 #include <cstdint>
 
-namespace qift::detail {
+namespace qift::inline QIFT_ISA::detail {
 
 /// The float32 value of an IEEE binary16 bit pattern: exact for every finite value (subnormals
 /// included) and for ±inf; a NaN stays a NaN with its sign and payload shifted into the top of

@@ -4,6 +4,8 @@
 // W2A16 tile, each with its scalar reference.
 #pragma once
 
+#include "target.hpp"
+
 #include <array>
 #include <cassert>
 #include <cstddef>
@@ -19,7 +21,7 @@
 #include "../levels.hpp"
 #include "../pack.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 /// Level sets the integer (A4) kernels accept: an integer form (levels · integer_multiplier
 /// are integers) of magnitude at most 15, stored in 2 or 4 bits. Every built-in set except

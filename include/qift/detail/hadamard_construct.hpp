@@ -3,6 +3,8 @@
 // constructions, and the search for the cheapest factorization n = K_1 ··· K_t · 2^m.
 #pragma once
 
+#include "target.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <complex>
@@ -11,7 +13,7 @@
 #include <optional>
 #include <vector>
 
-namespace qift::detail {
+namespace qift::inline QIFT_ISA::detail {
 
 /// Largest order of one non-power-of-two Hadamard block: its float matrix is then at most
 /// 16 MiB, and the block mix costs K multiply-adds per element.

@@ -5,6 +5,8 @@
 // test oracle.
 #pragma once
 
+#include "target.hpp"
+
 #include "xsimd.hpp"
 
 #include <algorithm>
@@ -28,7 +30,7 @@
 #define QIFT_HADAMARD_LAMBDA_INLINE
 #endif
 
-namespace qift::detail {
+namespace qift::inline QIFT_ISA::detail {
 
 // ---------------------------------------------------------------------------------------
 // Scalar references

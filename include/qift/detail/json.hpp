@@ -15,7 +15,7 @@
 
 #include "../core.hpp"
 
-namespace qift::detail {
+namespace qift::inline QIFT_ISA::detail {
 
 /// A parsed JSON value. Objects keep their members in document order (`keys[i]` ↔
 /// `values[i]`); numbers keep their literal text (read exactly by as_u64 / as_i64 / as_double).

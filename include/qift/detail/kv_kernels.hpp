@@ -4,6 +4,8 @@
 // values, and decode attention on xsimd batches beside its scalar reference.
 #pragma once
 
+#include "target.hpp"
+
 #include <algorithm>
 #include <cassert>
 #include <cmath>
@@ -17,7 +19,7 @@
 #include <immintrin.h>
 #endif
 
-namespace qift::detail {
+namespace qift::inline QIFT_ISA::detail {
 
 /// A hint to fetch the cache line `bytes` past p, which may lie beyond the array (the address is
 /// formed as an integer, never dereferenced). Streaming float32 rows needs it to reach DRAM

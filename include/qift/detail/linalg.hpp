@@ -26,7 +26,7 @@
 
 #include "../core.hpp"
 
-namespace qift::detail {
+namespace qift::inline QIFT_ISA::detail {
 
 // ---------------------------------------------------------------------------------------
 // Work ordering for triangular loops

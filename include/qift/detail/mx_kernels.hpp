@@ -30,7 +30,7 @@
 #define QIFT_MX_AVX2 0
 #endif
 
-namespace qift::detail {
+namespace qift::inline QIFT_ISA::detail {
 
 // ---------------------------------------------------------------------------------------
 // The quantizer

@@ -4,6 +4,8 @@
 // function it uses for non-integer exponents.
 #pragma once
 
+#include "target.hpp"
+
 #include <array>
 #include <cmath>
 #include <cstddef>
@@ -14,7 +16,7 @@
 
 #include "../levels.hpp"
 
-namespace qift::detail {
+namespace qift::inline QIFT_ISA::detail {
 
 /// Scalar reference: Σ_i |w_i − s·(L[c_i] − z)|^e with c_i the nearest level to w_i/s + z.
 /// Precondition: scale > 0.

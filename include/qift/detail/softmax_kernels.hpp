@@ -3,12 +3,14 @@
 // two next-token distributions), with scalar references beside them.
 #pragma once
 
+#include "target.hpp"
+
 #include <cmath>
 #include <cstddef>
 
 #include "xsimd.hpp"
 
-namespace qift::detail {
+namespace qift::inline QIFT_ISA::detail {
 
 /// Σ_i exp(x_i − shift), and with `y` also Σ_i exp(x_i − shift)·(x_i − y_i). Each exponential
 /// in float (xsimd::exp, about 1 ulp), every sum in double: relative error about 1e-7 against

@@ -22,7 +22,7 @@
 #include "linear.hpp"
 #include "llama.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 /// What calibration measured at one input site of one block, over N calibration tokens.
 /// X̂ are the inputs the site sees in the model being quantized (blocks before it already

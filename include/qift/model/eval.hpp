@@ -18,7 +18,7 @@
 #include "../npy.hpp"
 #include "llama.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 /// Reads token ids from a 1-D .npy file of int32 or int64 and checks them against a vocabulary
 /// of `vocab_size` tokens. Throws qift::error naming the file when it cannot be read, is not

@@ -21,7 +21,7 @@
 #include "../safetensors.hpp"
 #include "llama2c.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 /// Undoes Hugging Face's rotary permutation of a q or k projection W [heads·head_dim][in].
 /// Meta's Llama and llama2.c rotate the pairs (2i, 2i+1) of each head; HF's conversion

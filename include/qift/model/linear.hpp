@@ -22,7 +22,7 @@
 #include "../mx.hpp"
 #include "../scale.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 /// How a linear quantizes its input before the product: not at all (float activations),
 /// per-token symmetric INT4 (A4, act.hpp) with a clip ratio and code range, or MXFP4 (mx.hpp:

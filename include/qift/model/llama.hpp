@@ -24,7 +24,7 @@
 #include "linear.hpp"
 #include "llama2c.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 /// The seven linears of a block, in this order everywhere in the model layer.
 enum class linear_id : unsigned { wq, wk, wv, wo, w1, w2, w3 };

@@ -14,7 +14,7 @@
 
 #include "../core.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 /// The 7-int32 header. `shared_classifier` is true when the file's vocab_size was positive
 /// (the classifier reuses the token embedding); vocab_size is stored here as its magnitude.

@@ -13,7 +13,7 @@
 #include "../hadamard.hpp"
 #include "llama.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 /// Folds a per-channel scale s [hidden] between up_proj and down_proj of block `layer`: up_proj
 /// (w3) rows are divided by s and down_proj (w2) columns multiplied by s. Exact, since the

@@ -21,7 +21,7 @@
 #include "../core.hpp"
 #include "llama2c.hpp"
 
-namespace qift {
+namespace qift::inline QIFT_ISA {
 
 /// A SentencePiece-style BPE vocabulary read from llama2.c's `tokenizer.bin`: int32
 /// max_token_length, then per token float32 score, int32 length and `length` bytes (all
