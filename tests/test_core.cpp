@@ -4,6 +4,8 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <cstdint>
+#include <limits>
 #include <numeric>
 #include <stdexcept>
 #include <thread>
@@ -139,4 +141,67 @@ TEST_CASE("parallel_for: set_parallel_executor replaces the pool and nullptr res
     std::atomic<std::size_t> direct{0};
     qift::thread_pool_executor(33, [&](std::size_t b, std::size_t e) { direct.fetch_add(e - b); });
     CHECK(direct.load() == 33);
+}
+
+TEST_CASE("core: sizes that overflow size_t are refused before allocating") {
+    using qift::detail::checked_add;
+    using qift::detail::checked_mul;
+    using qift::detail::checked_size;
+    constexpr std::size_t max = std::numeric_limits<std::size_t>::max();
+    constexpr std::size_t g32 = std::size_t{1} << 32;
+    // The helpers, 64-bit: exact below the limit, qift::error naming the operands above it.
+    static_assert(checked_mul<std::size_t>(g32 - 1, g32 + 1, "t") == max);
+    static_assert(checked_add<std::size_t>(max - 1, 1, "t") == max);
+    static_assert(checked_size<float>({std::size_t{3}, std::size_t{5}, std::size_t{7}}, "t") ==
+                  105);
+    static_assert(checked_size<float>({std::size_t{0}, max, max}, "t") == 0);  // 0 wins
+    static_assert(checked_size<float>(std::initializer_list<std::size_t>{}, "t") == 1);
+    CHECK_THROWS_WITH_AS(checked_mul(g32, g32, "f"),
+                         "f: 4294967296 x 4294967296 overflows 64-bit size arithmetic",
+                         qift::error);
+    CHECK_THROWS_WITH_AS(checked_add(max, std::size_t{1}, "f"),
+                         doctest::Contains("f: 18446744073709551615 + 1 overflows"), qift::error);
+    CHECK_THROWS_WITH_AS(checked_size<float>({g32, g32}, "f"),
+                         doctest::Contains("f: size 4294967296 x 4294967296 elements of 4 bytes "
+                                           "overflows 64-bit size arithmetic"),
+                         qift::error);
+    // Huge but representable: 2^61 floats are 2^63 bytes, over PTRDIFF_MAX.
+    CHECK(checked_size<float>({std::size_t{1} << 30, std::size_t{1} << 30}, "f") == std::size_t{1}
+                                                                                        << 60);
+    CHECK_THROWS_WITH_AS(checked_size<float>({std::size_t{1} << 30, std::size_t{1} << 31}, "f"),
+                         doctest::Contains("exceeds the largest allocation"), qift::error);
+
+    // The arithmetic of a 32-bit target (std::size_t of 32 bits), through U = uint32_t: a
+    // 2^20 x 2^20 matrix wraps to 0 there and must be refused, not allocated empty.
+    using u32 = std::uint32_t;
+    static_assert(qift::detail::max_object_bytes<u32> == 0x7fffffffu);
+    static_assert(checked_mul<u32>(65535u, 65537u, "t") == 0xffffffffu);
+    static_assert(checked_size<float, u32>({1u << 14, 1u << 14}, "t") == 1u << 28);  // 1 GiB
+    CHECK_THROWS_WITH_AS((checked_size<float, u32>({1u << 20, 1u << 20}, "matrix")),
+                         doctest::Contains("matrix: size 1048576 x 1048576 elements of 4 bytes "
+                                           "overflows 32-bit size arithmetic"),
+                         qift::error);
+    CHECK_THROWS_WITH_AS(checked_mul<u32>(65536u, 65536u, "f"),
+                         doctest::Contains("65536 x 65536 overflows 32-bit"), qift::error);
+    CHECK_THROWS_WITH_AS(checked_add<u32>(0xffffffffu, 1u, "f"),
+                         doctest::Contains("overflows 32-bit"), qift::error);
+    // 2^29 floats fit in 32 bits as a count but are 2^31 bytes, over a 32-bit PTRDIFF_MAX.
+    CHECK_THROWS_WITH_AS((checked_size<float, u32>({1u << 15, 1u << 14}, "f")),
+                         doctest::Contains("exceeds the largest allocation, 2147483647 bytes"),
+                         qift::error);
+
+    // matrix<T>(rows, cols): refused before the vector is sized (std::length_error or
+    // std::bad_alloc would fail CHECK_THROWS_AS), sizes in the message.
+    CHECK_THROWS_WITH_AS(qift::matrix<float>(g32, g32),
+                         doctest::Contains("matrix: size 4294967296 x 4294967296"), qift::error);
+    CHECK_THROWS_AS(qift::matrix<float>(max, 2), qift::error);
+    CHECK_THROWS_AS(qift::matrix<double>(std::size_t{1} << 31, std::size_t{1} << 30),
+                    qift::error);  // 2^61 doubles: no wrap, 2^64 bytes
+    CHECK_THROWS_AS(qift::matrix<float>(std::size_t{1} << 30, std::size_t{1} << 31),
+                    qift::error);  // 2^63 bytes
+    const qift::matrix<float> empty(0, max);
+    CHECK(empty.size() == 0);
+    // The allocator, called directly.
+    qift::aligned_allocator<float> alloc;
+    CHECK_THROWS_AS((void)alloc.allocate(max / 2), qift::error);
 }

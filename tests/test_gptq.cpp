@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <string>
@@ -532,4 +533,22 @@ TEST_CASE("gptq: float Hessian, progress reports and parallel executors agree") 
     for (std::size_t i = 0; i < w.size(); ++i)
         same += a.quantized.codes().data()[i] == c.quantized.codes().data()[i];
     CHECK(same >= w.size() * 95 / 100);  // H rounded to float: nearly the same codes
+}
+
+TEST_CASE("gptq: sizes that overflow size_t are refused before allocating") {
+    constexpr std::size_t max = std::numeric_limits<std::size_t>::max();
+    // in × in doubles: the count wraps at in = 2^32; at 2^30 it is 2^63 bytes, over PTRDIFF_MAX.
+    CHECK_THROWS_WITH_AS(hessian_accumulator(std::size_t{1} << 32),
+                         doctest::Contains("hessian_accumulator: in x in: size 4294967296 x "
+                                           "4294967296"),
+                         error);
+    CHECK_THROWS_WITH_AS(hessian_accumulator(std::size_t{1} << 30),
+                         doctest::Contains("exceeds the largest allocation"), error);
+    // The sample count must not wrap either (it scales H).
+    hessian_accumulator h(3);
+    const std::vector<float> x = {1.0f, 2.0f, 3.0f};
+    h.add(matrix_view<const float>(x.data(), 1, 3), max - 1);
+    CHECK_THROWS_WITH_AS(h.add(matrix_view<const float>(x.data(), 1, 3), 2),
+                         doctest::Contains("hessian_accumulator::add: samples"), error);
+    CHECK(h.samples() == max - 1);
 }

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <random>
 #include <string>
 #include <utility>
@@ -744,4 +745,29 @@ TEST_CASE("rotation: seeded Kronecker construction for every n and the make() ch
     const auto h64 = qift::rotation::hadamard(64, 9).to_matrix();
     for (std::size_t i = 0; i < 64 * 64; ++i)
         REQUIRE(std::abs(k64.flat()[i] - h64.flat()[i]) < 1e-6f);
+}
+
+TEST_CASE("rotation: sizes that overflow size_t are refused before allocating") {
+    using qift::rotation;
+    using qift::rotation_construction;
+    constexpr std::size_t max = std::numeric_limits<std::size_t>::max();
+    const std::size_t odd = (std::size_t{1} << 33) + 1;  // no power-of-two factor: K = n
+    // n floats of signs: 2^62 floats are 2^64 bytes (a power of two: every construction fits).
+    for (auto c : {rotation_construction::hadamard, rotation_construction::any,
+                   rotation_construction::kronecker})
+        CHECK_THROWS_WITH_AS(rotation::make(std::size_t{1} << 62, {.construction = c}),
+                             doctest::Contains("qift::rotation: n: size 4611686018427387904"),
+                             qift::error);
+    CHECK_THROWS_AS(rotation::make(max, {.construction = rotation_construction::any}), qift::error);
+    // The dense K×K factor (kronecker with odd n, and the dense construction): K² wraps.
+    for (auto c : {rotation_construction::any, rotation_construction::kronecker,
+                   rotation_construction::dense})
+        CHECK_THROWS_WITH_AS(rotation::make(odd, {.construction = c}),
+                             doctest::Contains("8589934593 x 8589934593 elements of 8 bytes "
+                                               "overflows"),
+                             qift::error);
+    // Huge without wrapping: (2^30 + 1)² doubles are just over 2^63 bytes, over PTRDIFF_MAX.
+    CHECK_THROWS_WITH_AS(rotation::random_orthogonal((std::size_t{1} << 30) + 1, 1),
+                         doctest::Contains("exceeds the largest allocation"), qift::error);
+    CHECK_THROWS_AS(qift::hadamard_matrix(std::size_t{1} << 62), qift::error);
 }

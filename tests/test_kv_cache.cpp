@@ -10,6 +10,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -427,4 +428,33 @@ TEST_CASE("slide and reserve across key block boundaries keep every token exact"
     }
     CHECK(kv_cache<>({.head_dim = 128, .n_kv_heads = 8, .capacity = 32}).memory_bytes() ==
           32 * 2 * 8 * 69);
+}
+
+TEST_CASE("kv_cache: sizes that overflow size_t are refused before allocating") {
+    constexpr std::size_t max = std::numeric_limits<std::size_t>::max();
+    const auto make = [](std::size_t heads, std::size_t capacity) {
+        return kv_cache<>(
+            kv_cache_options{.head_dim = 128, .n_kv_heads = heads, .capacity = capacity});
+    };
+    // Rounding the capacity up to whole key blocks would wrap.
+    CHECK_THROWS_WITH_AS(make(8, max), doctest::Contains("capacity 18446744073709551615 overflows"),
+                         error);
+    // capacity · bytes per token wraps, or is huge without wrapping (2^53 tokens of 1104 bytes).
+    CHECK_THROWS_WITH_AS(make(8, std::size_t{1} << 60),
+                         doctest::Contains("kv_cache: capacity x bytes per token"), error);
+    CHECK_THROWS_WITH_AS(make(8, std::size_t{1} << 53),
+                         doctest::Contains("exceeds the largest allocation"), error);
+    // n_kv_heads · head_dim (the width of a token) wraps.
+    CHECK_THROWS_WITH_AS(make(std::size_t{1} << 60, 0), doctest::Contains("n_kv_heads x head_dim"),
+                         error);
+    // reserve() checks the same way and leaves the cache as it was.
+    kv_cache<> c = make(2, 16);
+    const std::vector<float> k(256, 0.5f), v(256, -0.25f);
+    c.append(k, v);
+    CHECK_THROWS_AS(c.reserve(max - 3), error);
+    CHECK_THROWS_AS(c.reserve(std::size_t{1} << 58), error);
+    CHECK(c.size() == 1);
+    CHECK(c.capacity() == 16);
+    c.append(k, v);
+    CHECK(c.size() == 2);
 }

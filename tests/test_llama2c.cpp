@@ -4,7 +4,9 @@
 
 #include <doctest/doctest.h>
 
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -98,4 +100,41 @@ TEST_CASE("corrupted checkpoints are rejected with a clear error") {
                          doctest::Contains("too short"), error);
     CHECK_THROWS_WITH_AS(load_llama2c("/nonexistent/qift.bin"), doctest::Contains("cannot open"),
                          error);
+}
+
+TEST_CASE("llama2c: sizes that overflow size_t are refused before allocating") {
+    const auto header = [](std::initializer_list<std::int32_t> fields) {
+        std::vector<char> bytes(fields.size() * 4);
+        std::memcpy(bytes.data(), fields.begin(), bytes.size());
+        return bytes;
+    };
+    // Every field at its bound: the weights would be about 2^48 bytes (no 64-bit overflow), so
+    // the 28-byte file is refused by its size, before a weight is read.
+    llama2c_config big{65536, 1 << 18, 1024, 1, 1, 1 << 21, 1 << 20};
+    big.shared_classifier = false;
+    const std::uint64_t floats = llama2c_float_count(big);
+    CHECK(floats > (std::uint64_t{1} << 45));
+    const auto path = write_temp(header({65536, 1 << 18, 1024, 1, 1, -(1 << 21), 1 << 20}),
+                                 "qift_overflow_big.bin");
+    const std::string implies =
+        "is 28 bytes but its header implies " + std::to_string(28 + 4 * floats) + " (truncated)";
+    CHECK_THROWS_WITH_AS(load_llama2c(path), doctest::Contains(implies.c_str()), error);
+    // Fields beyond the bounds (dim · dim would overflow int32 arithmetic, layers · dim² 64-bit
+    // ones in a careless reader) are refused by range.
+    constexpr std::int32_t imax = std::numeric_limits<std::int32_t>::max();
+    const auto dim = write_temp(header({imax, 64, 1, 1, 1, 300, 8}), "qift_overflow_dim.bin");
+    CHECK_THROWS_WITH_AS(load_llama2c(dim),
+                         doctest::Contains("header field dim = 2147483647 is outside"), error);
+    const auto layers =
+        write_temp(header({64, 64, imax, 1, 1, 300, 8}), "qift_overflow_layers.bin");
+    CHECK_THROWS_WITH_AS(load_llama2c(layers),
+                         doctest::Contains("n_layers = 2147483647 is outside"), error);
+    for (const auto& p : {path, dim, layers}) std::filesystem::remove(p);
+    // llama2c_float_count on a config no file can match: checked 64-bit arithmetic.
+    const llama2c_config huge{imax, imax, imax, 1, 1, imax, imax};
+    CHECK_THROWS_WITH_AS((void)llama2c_float_count(huge),
+                         doctest::Contains("llama2c_float_count: "), error);
+    CHECK_THROWS_WITH_AS((void)llama2c_float_count(llama2c_config{64, 64, 1, 0, 0, 300, 8}),
+                         doctest::Contains("n_heads 0"), error);
+    CHECK_THROWS_AS((void)llama2c_float_count(llama2c_config{64, -64, 1, 1, 1, 300, 8}), error);
 }

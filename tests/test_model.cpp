@@ -12,6 +12,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 
 using namespace qift;
@@ -573,4 +574,28 @@ TEST_CASE("linear: every format and input path equals the dequantized float prod
     in.reset(x);
     matrix<float> y(2, rows);
     CHECK_THROWS_WITH_AS(linear(w).forward(in, y), doctest::Contains("x is 2x301"), error);
+}
+
+TEST_CASE("llama: sizes that overflow size_t are refused before allocating") {
+    // The float cache alone: n_kv_heads · head_dim · capacity floats wrap, or are 2^64 bytes.
+    CHECK_THROWS_WITH_AS(float_kv_cache(128, 8, std::size_t{1} << 60),
+                         doctest::Contains("float_kv_cache: size 8 x 128 x 1152921504606846976"),
+                         error);
+    CHECK_THROWS_WITH_AS(float_kv_cache(128, 8, std::size_t{1} << 52),
+                         doctest::Contains("exceeds the largest allocation"), error);
+    if (!have(tiny_path)) return;
+    llama_model f = float_model(llama_weights::from(load_llama2c(tiny_path)));
+    // stories260K: 5 layers, 4 kv heads of 8: the caches of all layers for 2^56 tokens wrap
+    // (float and KV4), for 2^54 float tokens they are over 2^63 bytes; a capacity of SIZE_MAX
+    // wraps the RoPE tables. Each is refused before the first cache is allocated.
+    CHECK_THROWS_WITH_AS(llama_state(f, std::size_t{1} << 56),
+                         doctest::Contains("llama_state: float KV caches"), error);
+    CHECK_THROWS_WITH_AS(llama_state(f, std::size_t{1} << 54),
+                         doctest::Contains("exceeds the largest allocation"), error);
+    CHECK_THROWS_WITH_AS(llama_state(f, std::numeric_limits<std::size_t>::max()),
+                         doctest::Contains("llama_state: RoPE table"), error);
+    f.kv = kv_format::kv4_asymmetric();
+    CHECK_THROWS_WITH_AS(llama_state(f, std::size_t{1} << 56),
+                         doctest::Contains("llama_state: KV4 caches"), error);
+    CHECK_NOTHROW(llama_state(f, 64));
 }

@@ -202,3 +202,22 @@ TEST_CASE("the MXFP4 GEMV references equal the dequantized products") {
     CHECK_THROWS_WITH_AS(gemv_reference(qw, x, y3), doctest::Contains("y 3"), error);
     CHECK_THROWS_WITH_AS(gemv_reference(qw, qw, y), doctest::Contains("2 rows, expected 1"), error);
 }
+
+TEST_CASE("mx: sizes that overflow size_t are refused before allocating") {
+    constexpr std::size_t max = std::numeric_limits<std::size_t>::max();
+    constexpr std::size_t t40 = std::size_t{1} << 40;
+    CHECK_THROWS_WITH_AS(mxfp4_matrix(t40, t40),
+                         doctest::Contains("mxfp4_matrix: size 1099511627776 x 34359738368 x 16"),
+                         error);
+    // No wrap, but 2^21 rows of 2^38 blocks of 16 bytes are 2^63 bytes, over PTRDIFF_MAX.
+    CHECK_THROWS_WITH_AS(mxfp4_matrix(std::size_t{1} << 21, std::size_t{1} << 43),
+                         doctest::Contains("exceeds the largest allocation"), error);
+    CHECK_THROWS_WITH_AS(mxfp4_matrix(1, max),
+                         doctest::Contains("cols 18446744073709551615 overflows"), error);
+    // from_ggml_mxfp4 with a shape whose byte count wraps (kept from the fuzz fix) and one that is
+    // huge without wrapping: both refused against the buffer, nothing allocated.
+    const std::vector<std::uint8_t> g(34, 0);
+    CHECK_THROWS_AS(from_ggml_mxfp4(g, max / 17 + 1, 32), error);
+    CHECK_THROWS_AS(from_ggml_mxfp4(g, std::size_t{1} << 40, std::size_t{1} << 20), error);
+    CHECK_THROWS_AS(from_ggml_mxfp4(g, 1, max / 32 * 32), error);
+}

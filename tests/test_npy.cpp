@@ -305,3 +305,45 @@ TEST_CASE("npy: float16 and bfloat16 files written by NumPy read exactly") {
     // Without the flag the bit patterns are integers.
     CHECK(read_npy<float>(dir + "bf16_bits.npy").data[0x3f80] == 16256.0f);
 }
+
+TEST_CASE("npy: sizes that overflow size_t are refused before allocating") {
+    const auto fails = [](const std::string& bytes, const std::string& text) {
+        CAPTURE(text);
+        CHECK_THROWS_WITH_AS(parse_npy<float>(bytes, "big.npy"), doctest::Contains(text.c_str()),
+                             qift::error);
+        CHECK_THROWS_WITH_AS(parse_npy<double>(bytes, "big.npy"), doctest::Contains("big.npy"),
+                             qift::error);
+    };
+    // The shape product wraps: (2^33, 2^33), and (2^62, 4).
+    fails(numpy_bytes("<f4", "(8589934592, 8589934592)", floats_le({1, 2})),
+          "npy: big.npy: shape: size 8589934592 x 8589934592 overflows 64-bit size arithmetic");
+    fails(numpy_bytes("<f8", "(4611686018427387904, 4)", ""), "overflows 64-bit");
+    // The element count fits but not its bytes: 2^61 float64 are 2^64 bytes; 2^63 elements are
+    // over the largest allocation even as bytes.
+    fails(numpy_bytes("<f8", "(1152921504606846976, 2)", ""),
+          "2305843009213693952 x 8 overflows 64-bit");
+    fails(numpy_bytes("<u1", "(2305843009213693952, 4)", ""), "exceeds the largest allocation");
+    // Huge without overflow (2^40 x 2^20 float32 = 2^62 bytes): refused against the file size.
+    fails(numpy_bytes("<f4", "(1099511627776, 1048576)", floats_le({1})),
+          "need 4611686018427387904 bytes, the file has 4");
+    // A version 2.0 header length of 2^32 − 1.
+    std::string v2("\x93NUMPY\x02\x00\xff\xff\xff\xff{}\n", 15);
+    fails(v2, "truncated header: it declares 4294967295 bytes");
+    // A zero dimension makes the product 0 however large the others are (as NumPy has it).
+    const auto empty = parse_npy<float>(numpy_bytes("<f4", "(0, 99999999999, 99999999999)", ""));
+    CHECK(empty.data.empty());
+    CHECK(empty.shape == std::vector<std::size_t>{0, 99999999999, 99999999999});
+    // Through a file, and the writer: a shape whose product wraps to data.size() is refused.
+    const auto path = temp_file("qift_overflow_big.npy");
+    {
+        const std::string bytes = numpy_bytes("<f4", "(8589934592, 8589934593)", "");
+        std::ofstream(path, std::ios::binary).write(bytes.data(), std::streamsize(bytes.size()));
+    }
+    CHECK_THROWS_WITH_AS(read_npy_matrix<float>(path.string()),
+                         doctest::Contains("8589934592 x 8589934593"), qift::error);
+    std::filesystem::remove(path);
+    const std::size_t wraps[2] = {std::size_t{1} << 32, std::size_t{1} << 32};
+    CHECK_THROWS_WITH_AS(format_npy<float>(std::span<const float>(), wraps),
+                         doctest::Contains("format_npy: shape: size 4294967296 x 4294967296"),
+                         qift::error);
+}

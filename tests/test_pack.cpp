@@ -8,6 +8,7 @@
 #include <doctest/doctest.h>
 
 #include <cstring>
+#include <limits>
 
 #include "test_support.hpp"
 
@@ -94,4 +95,24 @@ TEST_CASE("packing a quantized matrix of a user-defined 2-bit set") {
     const auto p = pack<storage_bits<user_set>>(q.codes());
     CHECK(std::memcmp(unpack(p).data(), q.codes().data(), q.codes().size()) == 0);
     static_assert(storage_bits<levels::int3> == 4);
+}
+
+TEST_CASE("pack: sizes that overflow size_t are refused before allocating") {
+    constexpr std::size_t max = std::numeric_limits<std::size_t>::max();
+    constexpr std::size_t t40 = std::size_t{1} << 40;
+    // rows · row_bytes wraps (2^40 rows of 2^38 bytes).
+    CHECK_THROWS_WITH_AS(packed_codes<2>(t40, t40),
+                         doctest::Contains("packed_codes: size 1099511627776 x 274877906944"),
+                         error);
+    // No wrap, but 2^25 rows of 2^38 bytes (2^41 one-bit codes) are 2^63 bytes, over PTRDIFF_MAX.
+    CHECK_THROWS_WITH_AS(packed_codes<1>(std::size_t{1} << 25, std::size_t{1} << 41),
+                         doctest::Contains("exceeds the largest allocation"), error);
+    // Padding cols up to whole blocks would wrap.
+    CHECK_THROWS_WITH_AS(packed_codes<4>(1, max),
+                         doctest::Contains("cols 18446744073709551615 overflows"), error);
+    CHECK_THROWS_AS(packed_codes<1>(0, max - 10), error);
+    // The largest cols that pads without wrapping, with no rows: nothing allocated.
+    const packed_codes<2> none(0, max / 256 * 256);
+    CHECK(none.size_bytes() == 0);
+    CHECK(none.padded_cols() == max / 256 * 256);
 }

@@ -558,3 +558,44 @@ TEST_CASE("safetensors: read_quantized checks what it reads") {
         read_quantized<levels::mnz>(safetensors_file::from_bytes(sw2.bytes()), "q"),
         doctest::Contains("code 9 out of range"), qift::error);
 }
+
+TEST_CASE("safetensors: sizes that overflow size_t are refused before allocating") {
+    const auto fails = [](const std::string& header, const std::string& text) {
+        CAPTURE(text);
+        CHECK_THROWS_WITH_AS(
+            safetensors_file::from_bytes(image(header, std::string(8, '\0')), "big.safetensors"),
+            doctest::Contains(text.c_str()), qift::error);
+    };
+    const auto entry = [](const std::string& shape, const std::string& b, const std::string& e) {
+        return "{\"a\":{\"dtype\":\"F32\",\"shape\":" + shape + ",\"data_offsets\":[" + b + "," +
+               e + "]}}";
+    };
+    // The shape product wraps (2^33 x 2^33), or its bytes do (2^62 F32 = 2^64 bytes).
+    fails(entry("[8589934592,8589934592]", "0", "8"),
+          "tensor 'a': shape [8589934592, 8589934592] of F32 overflows");
+    fails(entry("[4611686018427387904]", "0", "8"),
+          "tensor 'a': shape [4611686018427387904] of F32 overflows");
+    // Huge without overflow (2^40 F32 = 2^42 bytes): its offsets run past the data.
+    fails(entry("[1099511627776]", "0", "4398046511104"), "runs past the 8 bytes of data");
+    // Offsets near 2^64, and past it.
+    fails(entry("[2]", "18446744073709551615", "18446744073709551615"), "runs past");
+    fails(entry("[2]", "0", "18446744073709551615"), "runs past");
+    fails(entry("[2]", "18446744073709551608", "0"), "has begin > end");
+    fails(entry("[2]", "0", "18446744073709551616"), "not a non-negative integer");
+    fails(entry("[18446744073709551616]", "0", "8"), "not a non-negative integer");
+    // A zero dimension: 0 bytes however large the others.
+    CHECK_NOTHROW(safetensors_file::from_bytes(
+        image("{\"a\":{\"dtype\":\"F32\",\"shape\":[0,18446744073709551615,4611686018427387904],"
+              "\"data_offsets\":[0,0]}}",
+              "")));
+    // The writer: a shape whose product wraps to the value count is refused.
+    safetensors_writer w;
+    CHECK_THROWS_WITH_AS(
+        w.add("a", std::span<const float>(), {std::size_t{1} << 32, std::size_t{1} << 32}),
+        doctest::Contains("shape [4294967296, 4294967296]: size 4294967296 x 4294967296 "
+                          "overflows 64-bit size arithmetic"),
+        qift::error);
+    CHECK_THROWS_AS(
+        w.add<std::uint8_t>("b", std::span<const std::uint8_t>(), {std::size_t{1} << 63, 2}),
+        qift::error);
+}

@@ -653,3 +653,12 @@ TEST_CASE("smooth: bad input throws qift::error naming the problem") {
     sk.add(x);
     CHECK_THROWS_WITH_AS(sk.quantiles(zero), doctest::Contains("(0, 1]"), qift::error);
 }
+
+TEST_CASE("smooth: sizes that overflow size_t are refused before allocating") {
+    // channels × buckets (1385 per channel at the defaults) wraps, or is over 2^63 bytes.
+    CHECK_THROWS_WITH_AS(channel_quantile_sketch(std::size_t{1} << 62),
+                         doctest::Contains("channel_quantile_sketch: channels x buckets"),
+                         qift::error);
+    CHECK_THROWS_WITH_AS(channel_quantile_sketch(std::size_t{1} << 52),
+                         doctest::Contains("exceeds the largest allocation"), qift::error);
+}

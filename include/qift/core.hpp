@@ -8,18 +8,22 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <functional>
+#include <initializer_list>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <new>
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -68,6 +72,70 @@ inline void require(bool ok, MakeMessage&& message) {
         fail(std::forward<MakeMessage>(message)());
 }
 
+// Checked size arithmetic. Every size formed from numbers a caller or a file supplies (rows ×
+// cols, shape products, offsets) goes through these before anything is allocated: a result that
+// wraps around in U, or a byte count over the largest object the standard library allocates,
+// throws qift::error naming `what` and the operands. U is a template parameter so that the
+// arithmetic of a 32-bit target (std::size_t of 32 bits) is testable on a 64-bit host.
+
+/// The largest object, in bytes, qift allocates with a U-sized size type: the maximum of U's
+/// signed counterpart (PTRDIFF_MAX for std::size_t, the bound of std::vector::max_size).
+template <std::unsigned_integral U>
+inline constexpr U max_object_bytes =
+    static_cast<U>(std::numeric_limits<std::make_signed_t<U>>::max());
+
+/// a · b, or qift::error "what: a x b overflows N-bit size arithmetic".
+template <std::unsigned_integral U>
+constexpr U checked_mul(U a, U b, std::string_view what) {
+    U r{};
+    if (__builtin_mul_overflow(a, b, &r)) [[unlikely]]
+        fail(std::string(what) + ": " + std::to_string(a) + " x " + std::to_string(b) +
+             " overflows " + std::to_string(std::numeric_limits<U>::digits) +
+             "-bit size arithmetic");
+    return r;
+}
+
+/// a + b, or qift::error "what: a + b overflows N-bit size arithmetic".
+template <std::unsigned_integral U>
+constexpr U checked_add(U a, U b, std::string_view what) {
+    U r{};
+    if (__builtin_add_overflow(a, b, &r)) [[unlikely]]
+        fail(std::string(what) + ": " + std::to_string(a) + " + " + std::to_string(b) +
+             " overflows " + std::to_string(std::numeric_limits<U>::digits) +
+             "-bit size arithmetic");
+    return r;
+}
+
+/// Number of elements of an array of shape `dims` (their product; 0 when a dimension is 0,
+/// however large the others, 1 for no dimensions), checked: throws qift::error naming `what`
+/// and the shape when the product wraps around in U or product · sizeof(Element) exceeds
+/// max_object_bytes<U>. The default Element (one byte) bounds a count of bytes.
+template <class Element = std::byte, std::unsigned_integral U = std::size_t>
+constexpr U checked_size(std::span<const U> dims, std::string_view what) {
+    constexpr U element_bytes = static_cast<U>(sizeof(Element));
+    U n = 1;
+    bool wrapped = false;
+    for (U d : dims) {
+        if (d == 0) return 0;
+        wrapped = __builtin_mul_overflow(n, d, &n) || wrapped;
+    }
+    if (!wrapped && n <= max_object_bytes<U> / element_bytes) [[likely]]
+        return n;
+    std::string shape;
+    for (U d : dims) shape += (shape.empty() ? "" : " x ") + std::to_string(d);
+    if (element_bytes > 1) shape += " elements of " + std::to_string(element_bytes) + " bytes";
+    fail(std::string(what) + ": size " + shape +
+         (wrapped ? " overflows " + std::to_string(std::numeric_limits<U>::digits) +
+                        "-bit size arithmetic"
+                  : " exceeds the largest allocation, " + std::to_string(max_object_bytes<U>) +
+                        " bytes"));
+}
+
+template <class Element = std::byte, std::unsigned_integral U = std::size_t>
+constexpr U checked_size(std::initializer_list<U> dims, std::string_view what) {
+    return checked_size<Element, U>(std::span<const U>(dims.begin(), dims.size()), what);
+}
+
 }  // namespace detail
 
 /// Alignment of every buffer qift allocates for kernels: one cache line, which is also the
@@ -81,8 +149,12 @@ struct aligned_allocator {
     aligned_allocator() noexcept = default;
     template <class U>
     aligned_allocator(const aligned_allocator<U>&) noexcept {}
+    /// Throws qift::error when n·sizeof(T) exceeds detail::max_object_bytes (never for
+    /// std::vector, which checks max_size() first).
     T* allocate(std::size_t n) {
-        return static_cast<T*>(::operator new (n * sizeof(T), std::align_val_t{buffer_alignment}));
+        const std::size_t bytes =
+            detail::checked_size<T>({n}, "aligned_allocator::allocate") * sizeof(T);
+        return static_cast<T*>(::operator new (bytes, std::align_val_t{buffer_alignment}));
     }
     void deallocate(T* p, std::size_t) noexcept {
         ::operator delete (p, std::align_val_t{buffer_alignment});
@@ -132,8 +204,10 @@ template <class T>
 class matrix {
   public:
     matrix() = default;
+    /// Throws qift::error, before allocating, when rows·cols·sizeof(T) overflows std::size_t or
+    /// exceeds detail::max_object_bytes.
     matrix(std::size_t rows, std::size_t cols, T fill = T{})
-        : rows_(rows), cols_(cols), data_(rows * cols, fill) {}
+        : rows_(rows), cols_(cols), data_(detail::checked_size<T>({rows, cols}, "matrix"), fill) {}
 
     std::size_t rows() const noexcept { return rows_; }
     std::size_t cols() const noexcept { return cols_; }

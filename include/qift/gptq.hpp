@@ -34,9 +34,11 @@ namespace qift::inline QIFT_ISA {
 /// (damping is relative) and scales the proxy loss.
 class hessian_accumulator {
   public:
-    /// An empty accumulator for `in` input features. Throws qift::error when in == 0.
+    /// An empty accumulator for `in` input features. Throws qift::error when in == 0 or, before
+    /// allocating, when the in×in doubles of H do not fit in std::size_t.
     explicit hessian_accumulator(std::size_t in) : in_(in) {
         detail::require(in > 0, [] { return std::string("hessian_accumulator: in is 0"); });
+        (void)detail::checked_size<double>({in, in}, "hessian_accumulator: in x in");
         h_ = matrix<double>(in, in);
     }
 
@@ -64,7 +66,7 @@ class hessian_accumulator {
                            std::to_string(c) + ") is " + std::to_string(x(t, c));
                 });
         const double old_n = static_cast<double>(samples_);
-        samples_ += samples;
+        samples_ = detail::checked_add(samples_, samples, "hessian_accumulator::add: samples");
         const double n = static_cast<double>(samples_);
         if (samples_ != samples)
             for (std::size_t i = 0; i < in_; ++i)

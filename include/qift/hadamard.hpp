@@ -475,7 +475,8 @@ inline matrix<float> random_orthogonal_matrix(std::size_t n, std::uint64_t seed)
         return (static_cast<double>(splitmix64(state) >> 11) + 1.0) * 0x1.0p-53;
     };
     // Column-major A: a[j * n + i] = A(i, j).
-    std::vector<double> a(n * n), v(n), q(n * n, 0.0);
+    const std::size_t nn = checked_size<double>({n, n}, "qift::rotation: dense orthogonal n x n");
+    std::vector<double> a(nn), v(n), q(nn, 0.0);
     for (std::size_t i = 0; i < n * n; i += 2) {
         const double r = std::sqrt(-2.0 * std::log(uniform()));
         const double t = 2.0 * std::numbers::pi * uniform();
@@ -694,7 +695,10 @@ class rotation {
     }
 
   private:
-    rotation(kind k, std::size_t n, std::uint64_t seed) : kind_(k), n_(n), seed_(seed) {}
+    // Every factory starts here: n floats (the signs, one vector) must be addressable.
+    rotation(kind k, std::size_t n, std::uint64_t seed) : kind_(k), n_(n), seed_(seed) {
+        (void)detail::checked_size<float>({n}, "qift::rotation: n");
+    }
 
     void check_vector(const char* what, std::size_t len) const {
         detail::require(len == n_, [&] {

@@ -93,6 +93,11 @@ class kv_cache {
         detail::require(opt.clip > 0.0f && opt.clip <= 1.0f, [&] {
             return "kv_cache: clip must be in (0, 1], got " + std::to_string(opt.clip);
         });
+        // The widest query a call accepts (64 query heads per kv head, see check_heads) must be
+        // addressable: then no n_heads · head_dim of attend/prefill wraps.
+        (void)detail::checked_size<float>({std::size_t{64}, opt.n_kv_heads, opt.head_dim},
+                                          "kv_cache: 64 x n_kv_heads x head_dim");
+        check_capacity(opt.capacity);
         if (opt.rotate_keys) rotation_ = rotation::for_size(opt.head_dim, opt.rotation_seed);
         allocate(opt.capacity);
     }
@@ -138,8 +143,11 @@ class kv_cache {
                    std::to_string(k.rows) +
                    "); grow with reserve() or drop old tokens with slide()";
         });
-        std::vector<float> buf(d);
-        std::vector<std::uint8_t> codes(d);
+        // One group's values and codes on the stack (d <= max_head_dim): append allocates nothing.
+        std::array<float, max_head_dim> buf_storage;
+        std::array<std::uint8_t, max_head_dim> code_storage;
+        const std::span<float> buf(buf_storage.data(), d);
+        const std::span<std::uint8_t> codes(code_storage.data(), d);
         for (std::size_t t = 0; t < k.rows; ++t) {
             const std::size_t slot = size_ + t;
             for (std::size_t h = 0; h < opt_.n_kv_heads; ++h) {
@@ -371,9 +379,26 @@ class kv_cache {
     storage& store_of(int kv) noexcept { return kv == 0 ? k_ : v_; }
     const storage& store_of(int kv) const noexcept { return kv == 0 ? k_ : v_; }
 
+    // Storage tokens for `capacity` (rounded up to whole key blocks), after checking that the
+    // rounding and the cache's bytes (slots · bytes_per_token) fit in std::size_t: throws
+    // qift::error naming the capacity before anything is allocated.
+    std::size_t check_capacity(std::size_t capacity) const {
+        constexpr std::size_t block = detail::key_block;
+        detail::require(capacity <= std::numeric_limits<std::size_t>::max() - (block - 1), [&] {
+            return "kv_cache: capacity " + std::to_string(capacity) +
+                   " overflows std::size_t when rounded up to whole blocks of " +
+                   std::to_string(block) + " tokens";
+        });
+        const std::size_t slots = detail::kv4_layout<>::slots_for(capacity);
+        (void)detail::checked_size({slots, bytes_per_token(opt_.n_kv_heads, opt_.head_dim)},
+                                   "kv_cache: capacity x bytes per token");
+        return slots;
+    }
+
     void allocate(std::size_t capacity) {
+        const std::size_t slots = check_capacity(capacity);
         opt_.capacity = capacity;
-        layout_ = {{opt_.head_dim}, detail::kv4_layout<>::slots_for(capacity)};
+        layout_ = {{opt_.head_dim}, slots};
         for (storage* st : {&k_, &v_}) {
             st->codes.assign(opt_.n_kv_heads * layout_.head_bytes(), 0);
             st->scales.assign(opt_.n_kv_heads * layout_.slots, 0.0f);

@@ -96,11 +96,13 @@ class mxfp4_matrix {
 
     mxfp4_matrix() = default;
     /// An all-zero-code matrix with zero scale codes (filled by quantize_mxfp4 / from_ggml).
+    /// Throws qift::error, before allocating, when the padded size (rows · blocks · 16 code
+    /// bytes, blocks · 32 padded columns) does not fit in std::size_t.
     mxfp4_matrix(std::size_t rows, std::size_t cols)
         : rows_(rows),
           cols_(cols),
-          blocks_((cols + mx_block_size - 1) / mx_block_size),
-          codes_(rows * blocks_ * block_bytes, 0),
+          blocks_(blocks_for(cols)),
+          codes_(detail::checked_size({rows, blocks_, block_bytes}, "mxfp4_matrix"), 0),
           scales_(rows * blocks_, 0) {}
 
     std::size_t rows() const noexcept { return rows_; }
@@ -129,6 +131,18 @@ class mxfp4_matrix {
     std::size_t size_bytes() const noexcept { return codes_.size() + scales_.size(); }
 
   private:
+    // ceil(cols / 32) without forming cols + 31 (which wraps near SIZE_MAX); padded_cols() must
+    // fit as well.
+    static std::size_t blocks_for(std::size_t cols) {
+        const std::size_t blocks = cols / mx_block_size + (cols % mx_block_size != 0);
+        detail::require(blocks <= std::numeric_limits<std::size_t>::max() / mx_block_size, [&] {
+            return "mxfp4_matrix: cols " + std::to_string(cols) +
+                   " overflows std::size_t when padded to whole blocks of " +
+                   std::to_string(mx_block_size);
+        });
+        return blocks;
+    }
+
     std::size_t rows_ = 0, cols_ = 0, blocks_ = 0;
     aligned_vector<std::uint8_t> codes_, scales_;
 };

@@ -233,16 +233,11 @@ inline npy_header parse_npy_header(std::string_view bytes, const std::string& wh
         if (h.kind == 'f' && h.item_size < 2)
             npy_fail(what, "unsupported dtype '" + descr + "' (no 1-byte float type)");
     }
-    // Shape against the file size, with overflow checks.
-    std::size_t count = 1;
-    for (std::size_t d : h.shape) {
-        if (d != 0 && count > std::numeric_limits<std::size_t>::max() / d)
-            npy_fail(what, "shape overflows the address space");
-        count *= d;
-    }
-    if (count > std::numeric_limits<std::size_t>::max() / h.item_size)
-        npy_fail(what, "shape overflows the address space");
-    const std::size_t need = count * h.item_size, have = bytes.size() - h.data_offset;
+    // Shape against the file size, with overflow checks (before the caller allocates).
+    const std::string shape_what = "npy: " + what + ": shape";
+    const std::size_t count = checked_size(std::span<const std::size_t>(h.shape), shape_what);
+    const std::size_t need = checked_mul(count, h.item_size, shape_what),
+                      have = bytes.size() - h.data_offset;
     if (have < need)
         npy_fail(what, "truncated data: shape and dtype need " + std::to_string(need) +
                            " bytes, the file has " + std::to_string(have));
@@ -327,7 +322,9 @@ npy_array<T> parse_npy(std::string_view bytes, const std::string& what = "buffer
                                        "', expected 16-bit integers ('<u2' or '<i2')");
     npy_array<T> a;
     a.shape = h.shape;
-    const std::size_t count = h.elements();
+    // The file holds count · item_size bytes; count elements of T may still not fit (a 32-bit
+    // target reading a 1-byte dtype into double).
+    const std::size_t count = detail::checked_size<T>({h.elements()}, "npy: " + what);
     a.data.resize(count);
     const char* src = bytes.data() + h.data_offset;
     const bool swap = h.big_endian && std::endian::native == std::endian::little;
@@ -384,9 +381,9 @@ matrix<T> read_npy_matrix(const std::string& path, npy_options opt = {}) {
 /// shape does not match data.size().
 template <npy_element T>
 std::string format_npy(std::span<const T> data, std::span<const std::size_t> shape) {
-    std::size_t count = 1;
+    const std::size_t count = detail::checked_size(shape, "format_npy: shape");
     std::string dims;
-    for (std::size_t d : shape) count *= d, dims += std::to_string(d) + ", ";
+    for (std::size_t d : shape) dims += std::to_string(d) + ", ";
     if (shape.size() == 1)
         dims.pop_back();  // a 1-tuple keeps its comma: "(3,)"
     else if (shape.size() > 1)

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <string>
 
 #include "core.hpp"
@@ -37,12 +38,13 @@ requires(Bits == 1 || Bits == 2 || Bits == 4) class packed_codes {
     static constexpr std::uint8_t mask = static_cast<std::uint8_t>((1u << Bits) - 1u);
 
     packed_codes() = default;
-    /// Zero-filled storage for a [rows][cols] code matrix.
+    /// Zero-filled storage for a [rows][cols] code matrix. Throws qift::error, before
+    /// allocating, when the padded size rows·row_bytes() does not fit in std::size_t.
     packed_codes(std::size_t rows, std::size_t cols)
         : rows_(rows),
           cols_(cols),
-          row_bytes_((cols + block_codes - 1) / block_codes * block_bytes),
-          data_(rows * row_bytes_, 0) {}
+          row_bytes_(padded_row_bytes(cols)),
+          data_(detail::checked_size({rows, row_bytes_}, "packed_codes"), 0) {}
 
     std::size_t rows() const noexcept { return rows_; }
     std::size_t cols() const noexcept { return cols_; }
@@ -74,6 +76,19 @@ requires(Bits == 1 || Bits == 2 || Bits == 4) class packed_codes {
     }
 
   private:
+    // Whole blocks for `cols` codes: ceil(cols / block_codes) · block_bytes, rounded without
+    // forming cols + block_codes − 1 (which wraps for cols near SIZE_MAX); the padded column
+    // count (padded_cols()) must fit as well.
+    static std::size_t padded_row_bytes(std::size_t cols) {
+        const std::size_t blocks = cols / block_codes + (cols % block_codes != 0);
+        detail::require(blocks <= std::numeric_limits<std::size_t>::max() / block_codes, [&] {
+            return "packed_codes: cols " + std::to_string(cols) +
+                   " overflows std::size_t when padded to whole blocks of " +
+                   std::to_string(block_codes) + " codes";
+        });
+        return blocks * block_bytes;
+    }
+
     std::size_t rows_ = 0, cols_ = 0, row_bytes_ = 0;
     aligned_vector<std::uint8_t> data_;
 };

@@ -130,6 +130,13 @@ class file_bytes {
             fail(fn + ": cannot read " + path + ": " +
                  (ok ? std::string("it is a directory") : std::strerror(saved)));
         }
+        // A file larger than the address space (a 32-bit target) would map truncated.
+        if (!std::in_range<std::size_t>(st.st_size)) {
+            ::close(fd);
+            fail(fn + ": " + path + " is " + std::to_string(st.st_size) +
+                 " bytes, more than the address space (" +
+                 std::to_string(std::numeric_limits<std::size_t>::max()) + " bytes)");
+        }
         if (st.st_size > 0) {
             void* p = ::mmap(nullptr, std::size_t(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
             if (p != MAP_FAILED) {
@@ -402,7 +409,9 @@ class safetensors_file {
 
     template <class T>
     std::vector<T> convert(const safetensors_tensor& t) const {
-        std::vector<T> out(t.elements());
+        // The file holds t.elements() values; as T they may still not fit (a 32-bit target
+        // reading U8 or F16 into double).
+        std::vector<T> out(detail::checked_size<T>({t.elements()}, context(t)));
         detail::convert_elements(t.dtype, t.bytes.data(), out.size(), out.data(), context(t));
         return out;
     }
@@ -601,7 +610,8 @@ class safetensors_writer {
                                    " is not a float type (F32, F64, F16, BF16)";
                         });
         std::string data;
-        data.reserve(values.size() * dtype_size(dtype));
+        data.reserve(detail::checked_mul(values.size(), dtype_size(dtype),
+                                         "safetensors_writer: tensor '" + name + "': bytes"));
         for (std::size_t k = 0; k < values.size(); ++k) {
             const float x = values[k];
             std::uint16_t bits = 0;
@@ -754,8 +764,9 @@ class safetensors_writer {
             detail::require(e.name != name, [&] {
                 return "safetensors_writer: tensor '" + name + "' added twice";
             });
-        std::size_t count = 1;
-        for (std::size_t d : shape) count *= d;
+        const std::size_t count = detail::checked_size(
+            std::span<const std::size_t>(shape),
+            "safetensors_writer: tensor '" + name + "': shape " + detail::shape_text(shape));
         detail::require(count == size, [&] {
             return "safetensors_writer: tensor '" + name + "': shape " + detail::shape_text(shape) +
                    " has " + std::to_string(count) + " elements, the data " + std::to_string(size);

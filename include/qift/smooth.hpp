@@ -203,7 +203,9 @@ class channel_quantile_sketch {
         });
         top_ = static_cast<std::size_t>(top);
         buckets_ = top_ + 3;
-        counts_.assign(channels_ * buckets_, 0u);
+        counts_.assign(detail::checked_size<std::uint32_t>(
+                           {channels_, buckets_}, "channel_quantile_sketch: channels x buckets"),
+                       0u);
         max_.assign(channels_, 0.0f);
     }
 

@@ -188,11 +188,13 @@ inline llama_model float_model(const llama_weights& w) {
 /// the scores of all tokens accumulate along the token axis; values are [capacity][head_dim].
 class float_kv_cache {
   public:
+    /// Throws qift::error, before allocating, when n_kv_heads·head_dim·capacity floats do not
+    /// fit in std::size_t.
     float_kv_cache(std::size_t head_dim, std::size_t n_kv_heads, std::size_t capacity)
         : hd_(head_dim),
           nkv_(n_kv_heads),
           cap_(capacity),
-          keys_(n_kv_heads * head_dim * capacity),
+          keys_(detail::checked_size<float>({n_kv_heads, head_dim, capacity}, "float_kv_cache")),
           values_(n_kv_heads * capacity * head_dim) {}
 
     std::size_t size() const noexcept { return size_; }
@@ -264,11 +266,25 @@ using site_observer =
 /// the attention's per-call score buffers and the float GEMM's packed panel still do).
 class llama_state {
   public:
-    /// State for `m` holding up to `capacity` tokens (default: the model's context).
+    /// State for `m` holding up to `capacity` tokens (default: the model's context). Throws
+    /// qift::error, before allocating, when the caches of all layers or the RoPE tables for
+    /// `capacity` tokens do not fit in std::size_t.
     explicit llama_state(const llama_model& m, std::size_t capacity = 0) : config_(m.config) {
         const auto& c = m.config;
         cap_ = capacity ? capacity : std::size_t(c.seq_len);
         const std::size_t hd = std::size_t(c.head_dim()), half = hd / 2;
+        const std::size_t nkv = std::size_t(c.n_kv_heads), layers = m.layers.size();
+        (void)detail::checked_size<float>({cap_, half},
+                                          "llama_state: RoPE table capacity x head_dim/2");
+        if (m.kv.kv4)
+            (void)detail::checked_size(
+                {layers, detail::checked_add(cap_, detail::key_block - 1, "llama_state: capacity"),
+                 kv_cache<>::bytes_per_token(nkv, hd)},
+                "llama_state: KV4 caches layers x capacity x bytes per token");
+        else
+            (void)detail::checked_size<float>(
+                {layers, std::size_t{2}, nkv, hd, cap_},
+                "llama_state: float KV caches layers x 2 x n_kv_heads x head_dim x capacity");
         for (std::size_t l = 0; l < m.layers.size(); ++l) {
             if (m.kv.kv4)
                 caches_.emplace_back(std::in_place_type<kv_cache<>>,

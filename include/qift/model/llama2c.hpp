@@ -10,6 +10,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "../core.hpp"
@@ -81,14 +82,38 @@ inline void check_llama2c_config(const llama2c_config& c, const std::string& pat
 
 }  // namespace detail
 
-/// Number of float32 values the checkpoint holds after its header.
+/// Number of float32 values the checkpoint holds after its header. Throws qift::error when a
+/// field is negative, n_heads is 0, or the count overflows 64 bits (a config no file matches;
+/// load_llama2c bounds every field before calling this).
 inline std::uint64_t llama2c_float_count(const llama2c_config& c) {
+    detail::require(
+        c.dim >= 0 && c.hidden_dim >= 0 && c.n_layers >= 0 && c.n_heads > 0 && c.n_kv_heads >= 0 &&
+            c.vocab_size >= 0 && c.seq_len >= 0,
+        [&] {
+            return "llama2c_float_count: negative field or n_heads 0 in {dim " +
+                   std::to_string(c.dim) + ", hidden_dim " + std::to_string(c.hidden_dim) +
+                   ", n_layers " + std::to_string(c.n_layers) + ", n_heads " +
+                   std::to_string(c.n_heads) + ", n_kv_heads " + std::to_string(c.n_kv_heads) +
+                   ", vocab_size " + std::to_string(c.vocab_size) + ", seq_len " +
+                   std::to_string(c.seq_len) + "}";
+        });
     const std::uint64_t d = std::uint64_t(c.dim), h = std::uint64_t(c.hidden_dim),
                         L = std::uint64_t(c.n_layers), v = std::uint64_t(c.vocab_size),
                         kv = std::uint64_t(c.kv_dim()), s = std::uint64_t(c.seq_len),
                         hd = std::uint64_t(c.head_dim());
-    return v * d + L * (d + d * d + 2 * kv * d + d * d + d + 3 * h * d) + d + s * hd +
-           (c.shared_classifier ? 0 : v * d);
+    constexpr std::string_view what = "llama2c_float_count";
+    const auto mul = [&](std::uint64_t a, std::uint64_t b) {
+        return detail::checked_mul(a, b, what);
+    };
+    const auto add = [&](std::uint64_t a, std::uint64_t b) {
+        return detail::checked_add(a, b, what);
+    };
+    // Per layer: two RMSNorm gains (d each), wq and wo (d·d each), wk and wv (kv·d each), and
+    // w1, w2, w3 (h·d each).
+    const std::uint64_t layer =
+        add(add(mul(2, d), mul(2, mul(d, d))), add(mul(2, mul(kv, d)), mul(3, mul(h, d))));
+    const std::uint64_t embeddings = mul(c.shared_classifier ? 1 : 2, mul(v, d));
+    return add(add(embeddings, mul(L, layer)), add(d, mul(s, hd)));
 }
 
 /// Loads a llama2.c checkpoint (llama2.c's export: a header of 7 int32, then the float32 arrays
@@ -103,6 +128,10 @@ inline llama2c_model load_llama2c(const std::string& path) {
     std::fseek(f.get(), 0, SEEK_END);
     const long file_size = std::ftell(f.get());
     std::fseek(f.get(), 0, SEEK_SET);
+    // ftell fails (−1) for a file larger than `long` (on a 32-bit target, 2 GiB and more).
+    detail::require(file_size >= 0, [&] {
+        return "load_llama2c: cannot determine the size of " + path + ": " + std::strerror(errno);
+    });
     std::int32_t h[7] = {};
     detail::require(file_size >= 28 && std::fread(h, sizeof(std::int32_t), 7, f.get()) == 7, [&] {
         return "load_llama2c: " + path + " is " + std::to_string(file_size) +
@@ -116,7 +145,10 @@ inline llama2c_model load_llama2c(const std::string& path) {
                                                                                 : h[5];
     c = {h[0], h[1], h[2], h[3], h[4], vocab, h[6], h[5] > 0};
     detail::check_llama2c_config(c, path);
-    const std::uint64_t expected = 28 + 4 * llama2c_float_count(c);
+    const std::uint64_t expected = detail::checked_add(
+        std::uint64_t{28},
+        detail::checked_mul(std::uint64_t{4}, llama2c_float_count(c), "load_llama2c"),
+        "load_llama2c");
     detail::require(static_cast<std::uint64_t>(file_size) == expected, [&] {
         return "load_llama2c: " + path + " is " + std::to_string(file_size) +
                " bytes but its header implies " + std::to_string(expected) +
