@@ -21,6 +21,10 @@
 #include <string_view>
 #include <vector>
 
+#if __has_include(<sys/resource.h>)
+#include <sys/resource.h>
+#endif
+
 namespace {
 
 using namespace qift;
@@ -39,6 +43,16 @@ struct options {
     bool csv = false, quiet = false, activation_stats = false;
     std::string svg;
 };
+
+/// Peak resident memory of this process so far, in MiB (getrusage's ru_maxrss, KiB on Linux);
+/// -1 where getrusage is missing.
+double peak_rss_mib() {
+#if __has_include(<sys/resource.h>)
+    rusage u{};
+    if (getrusage(RUSAGE_SELF, &u) == 0) return double(u.ru_maxrss) / 1024.0;
+#endif
+    return -1.0;
+}
 
 void usage() {
     std::puts(
@@ -450,6 +464,7 @@ int main(int argc, char** argv) {
                             opt.model.substr(slash == std::string::npos ? 0 : slash + 1));
             if (!opt.csv) std::printf("wrote %s\n", opt.svg.c_str());
         }
+        std::fprintf(opt.csv ? stderr : stdout, "peak resident memory: %.1f MiB\n", peak_rss_mib());
     } catch (const qift::error& e) {
         std::fprintf(stderr, "\nw2a4kv4: %s\n", e.what());
         return 1;
