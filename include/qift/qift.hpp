@@ -6,6 +6,7 @@
 #include "binary.hpp"
 #include "binary_matrix.hpp"
 #include "core.hpp"
+#include "dispatch.hpp"
 #include "gemm.hpp"
 #include "gemv.hpp"
 #include "gptq.hpp"
