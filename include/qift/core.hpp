@@ -502,14 +502,18 @@ inline void serial_executor(std::size_t n, const range_fn& body) {
     if (n) body(0, n);
 }
 
-/// Runs body over [0, n) through the installed executor. Loops shorter than `min_parallel`
-/// run inline on the calling thread.
-inline void parallel_for(std::size_t n, const range_fn& body, std::size_t min_parallel = 2) {
+/// Runs body(begin, end) over [0, n) through the installed executor. Loops shorter than
+/// `min_parallel` run inline on the calling thread. `body` is any callable; the executor gets it
+/// by reference (a range_fn holding a std::reference_wrapper, which std::function stores without
+/// allocating), so neither path allocates.
+template <class Body>
+requires std::invocable<Body&, std::size_t, std::size_t>
+inline void parallel_for(std::size_t n, Body&& body, std::size_t min_parallel = 2) {
     if (n < min_parallel) {
         if (n) body(0, n);
         return;
     }
-    detail::executor_slot()(n, body);
+    detail::executor_slot()(n, range_fn(std::ref(body)));
 }
 
 }  // namespace qift

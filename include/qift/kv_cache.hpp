@@ -97,7 +97,6 @@ class kv_cache {
         // addressable: then no n_heads · head_dim of attend/prefill wraps.
         (void)detail::checked_size<float>({std::size_t{64}, opt.n_kv_heads, opt.head_dim},
                                           "kv_cache: 64 x n_kv_heads x head_dim");
-        check_capacity(opt.capacity);
         if (opt.rotate_keys) rotation_ = rotation::for_size(opt.head_dim, opt.rotation_seed);
         allocate(opt.capacity);
     }

@@ -155,7 +155,7 @@ class float_weights {
         const std::size_t out = rows(), in = cols();
         const std::size_t chunk = 256, chunks = (out + chunk - 1) / chunk;
         const bool parallel = x.rows * out * in >= (std::size_t{1} << 22);
-        const auto body = [&](std::size_t b, std::size_t e) {
+        parallel_for(parallel ? chunks : 1, [&](std::size_t b, std::size_t e) {
             const std::size_t c0 = parallel ? b * chunk : 0,
                               c1 = parallel ? std::min(out, e * chunk) : out;
             for (std::size_t t = 0; t < x.rows; ++t)
@@ -168,12 +168,7 @@ class float_weights {
                     matrix_view<float>(&y(0, c0), x.rows, c1 - c0, y.stride), x,
                     matrix_view<const float>(&neg_t_(0, c0), in, c1 - c0, neg_t_.cols()));
             }
-        };
-        // One chunk runs directly: a range_fn of this lambda would allocate on every call.
-        if (parallel)
-            parallel_for(chunks, body);
-        else
-            body(0, 1);
+        });
     }
 
   private:
