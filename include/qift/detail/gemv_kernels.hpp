@@ -933,6 +933,11 @@ void float_dot_scalar(const std::uint8_t* w, std::size_t w_stride, std::size_t r
 /// a shift and one vpermps per slot ((4-bit) two vpermps and a blend); other
 /// architectures decode 64 codes into a buffer and run xsimd FMAs. Same contract as
 /// float_dot_scalar; float rounding differs from it (several partial sums).
+/// Measured and not adopted (AVX-512, one thread, 4096²): a two-code table per activation pair
+/// (T[c_a + 4·c_b] = L[c_a]·x_a + L[c_b]·x_b, 16 rows in the lanes, one vpermps per two codes)
+/// is no faster hot with this layout (the 16×16 dword transpose costs what it saves) and
+/// 1.4–1.7× slower cold; on a row-interleaved layout it would be 1.3× faster hot only.
+/// One vpermps and one FMA per 16 weights is the floor of this tile.
 struct float_dot_lut_fma {
     template <class Arch, unsigned Bits>
     void operator()(Arch, std::integral_constant<unsigned, Bits>, const std::uint8_t* w,
