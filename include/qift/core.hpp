@@ -169,6 +169,32 @@ struct aligned_allocator {
 template <class T>
 using aligned_vector = std::vector<T, aligned_allocator<T>>;
 
+namespace detail {
+
+/// The per-call work buffers that qift keeps per thread instead of allocating on every call
+/// (one slot per buffer that is in use at the same time as another).
+enum class scratch_slot { attention_scores, attention_rows, attention_queries, float_activations };
+
+/// A `buffer_alignment`-aligned buffer of at least n floats, contents unspecified, owned by the
+/// calling thread and handed out again to its later calls with the same slot: the hot paths of
+/// a decode step (attention, the W2A16 GEMV) allocate nothing once every thread has seen its
+/// largest call. A too-small buffer is replaced by one of max(n, 2·capacity, 4096) floats, so a
+/// slowly growing request (attention over a growing context) reallocates O(log n) times. The
+/// buffer lives until the thread exits; memory: the largest request per slot and thread.
+template <scratch_slot Slot>
+float* thread_scratch(std::size_t n) {
+    thread_local aligned_vector<float> buffer;
+    if (n > buffer.size()) {
+        const std::size_t grown =
+            buffer.size() > buffer.max_size() / 2 ? buffer.max_size() : 2 * buffer.size();
+        aligned_vector<float> bigger(std::max({n, grown, std::size_t{4096}}));
+        buffer.swap(bigger);  // the old buffer is kept if the allocation throws
+    }
+    return buffer.data();
+}
+
+}  // namespace detail
+
 /// Non-owning view of a row-major matrix: element (r, c) is at data[r * stride + c].
 /// `stride >= cols`; a view never allocates and is cheap to copy. Every qift function that
 /// takes a matrix takes one of these (`matrix_view<const float>` for inputs).

@@ -59,10 +59,9 @@ void gemm_float(Arch arch, const packed_matrix<L>& w, matrix_view<const float> x
                std::to_string(w.cols());
     });
     check_gemm_output(x.rows, w.rows(), y, fn);
-    const auto buf = padded_float_activations(w, x);
+    const float* buf = padded_float_activations(w, x);
     const std::size_t pk = w.codes().padded_cols();
-    gemm_float_padded(arch, w, matrix_view<const float>(buf.data(), x.rows, x.cols, pk), y,
-                      reference);
+    gemm_float_padded(arch, w, matrix_view<const float>(buf, x.rows, x.cols, pk), y, reference);
 }
 
 }  // namespace detail

@@ -209,13 +209,17 @@ void w2a16_rows(Arch arch, const packed_matrix<L>& w, const float* x, std::size_
     }
 }
 
-/// x [tokens][cols] copied into a zero-padded buffer of the packed row length.
+/// x [tokens][cols] copied into a zero-padded [tokens][packed row length] buffer: the calling
+/// thread's scratch (detail::thread_scratch), valid until its next W2A16 call.
 template <class L>
-aligned_vector<float> padded_float_activations(const packed_matrix<L>& w,
-                                               matrix_view<const float> x) {
+const float* padded_float_activations(const packed_matrix<L>& w, matrix_view<const float> x) {
     const std::size_t pk = w.codes().padded_cols();
-    aligned_vector<float> buf(x.rows * pk, 0.0f);
-    for (std::size_t t = 0; t < x.rows; ++t) std::copy_n(&x(t, 0), x.cols, buf.data() + t * pk);
+    float* buf = thread_scratch<scratch_slot::float_activations>(
+        checked_mul(x.rows, pk, "padded_float_activations"));
+    for (std::size_t t = 0; t < x.rows; ++t) {
+        std::copy_n(&x(t, 0), x.cols, buf + t * pk);
+        std::fill(buf + t * pk + x.cols, buf + (t + 1) * pk, 0.0f);
+    }
     return buf;
 }
 
@@ -240,10 +244,10 @@ void gemv_float(Arch arch, const packed_matrix<L>& w, std::span<const float> x, 
                std::to_string(y.size()) + "; the weights are " + std::to_string(w.rows()) + "x" +
                std::to_string(w.cols());
     });
-    const auto buf = padded_float_activations(w, matrix_view<const float>(x.data(), 1, x.size()));
+    const float* buf = padded_float_activations(w, matrix_view<const float>(x.data(), 1, x.size()));
     const std::size_t pk = w.codes().padded_cols();
     for_row_chunks(w.rows(), w.rows() * pk, [&](std::size_t r0, std::size_t r1) {
-        w2a16_rows(arch, w, buf.data(), pk, r0, r1, 0, 1, y.data(), 0, reference);
+        w2a16_rows(arch, w, buf, pk, r0, r1, 0, 1, y.data(), 0, reference);
     });
 }
 

@@ -253,8 +253,8 @@ class kv_cache {
         const std::size_t group = n_heads / opt_.n_kv_heads;
         dispatch([&](auto dim) {
             const auto body = [&](std::size_t begin, std::size_t end) {
-                // Uninitialized buffers, reused across this range's kv heads: zero-filling
-                // group·T scores on every call cost about a tenth of the attention.
+                // Uninitialized buffers (zero-filling group·T scores on every call cost about
+                // a tenth of the attention), the thread's own, reused across calls.
                 group_buffers buf(group, T, d);
                 for (std::size_t g = begin; g < end; ++g)
                     attend_group(dim, q.subspan(g * group * d, group * d), group, g, T,
@@ -273,7 +273,7 @@ class kv_cache {
     /// n_heads, out[i], size() + i + 1) after the append gives. One parallel loop over the M ·
     /// n_kv_heads (token, kv head) pairs (on the calling thread below parallel_work
     /// multiply-adds in all), tokens in the order 0, M−1, 1, M−2, ... so that contiguous chunks
-    /// of pairs carry similar work; buffers are allocated once per chunk.
+    /// of pairs carry similar work; the work buffers are the threads' own, reused across calls.
     void prefill(matrix_view<const float> q, matrix_view<const float> k, matrix_view<const float> v,
                  std::size_t n_heads, matrix_view<float> out) {
         const std::size_t d = opt_.head_dim, M = q.rows;
@@ -327,15 +327,17 @@ class kv_cache {
         std::vector<std::uint8_t> zeros;
     };
 
-    // Buffers of one attend_group call, reused across the calls of a parallel chunk: scores
-    // [group][T] and the rotated queries [group][head_dim] (uninitialized), the reference's
-    // rows [attention_block][head_dim].
+    // Buffers of one attend_group call: scores [group][T] and the rotated queries
+    // [group][head_dim] (uninitialized), the dequantized rows [attention_block][head_dim]. The
+    // calling thread's scratch (detail::thread_scratch), so a decode step allocates nothing once
+    // each thread has attended over its longest context.
     struct group_buffers {
-        std::unique_ptr<float[]> scores, scratch, q;
+        float *scores, *scratch, *q;
         group_buffers(std::size_t group, std::size_t T, std::size_t d)
-            : scores(std::make_unique_for_overwrite<float[]>(group * T)),
-              scratch(std::make_unique_for_overwrite<float[]>(detail::attention_block * d)),
-              q(std::make_unique_for_overwrite<float[]>(group * d)) {}
+            : scores(detail::thread_scratch<detail::scratch_slot::attention_scores>(group * T)),
+              scratch(detail::thread_scratch<detail::scratch_slot::attention_rows>(
+                  detail::attention_block * d)),
+              q(detail::thread_scratch<detail::scratch_slot::attention_queries>(group * d)) {}
     };
 
     kv_cache(const kv_cache_options& opt, std::size_t capacity, std::optional<rotation> rot)
@@ -465,7 +467,7 @@ class kv_cache {
                       std::size_t g, std::size_t T, std::span<float> out,
                       const group_buffers& buf) const {
         const std::size_t d = dim;
-        float* qr = buf.q.get();
+        float* qr = buf.q;
         std::copy(q.begin(), q.end(), qr);
         if (rotation_)
             for (std::size_t h = 0; h < group; ++h) rotation_->apply(std::span(qr + h * d, d));
@@ -473,10 +475,10 @@ class kv_cache {
         if constexpr (D != detail::dynamic_head_dim &&
                       D % (2 * xsimd::batch<float, arch>::size) == 0)
             detail::attend_rows<arch, D>(keys_of(dim, g), values_of(dim, g), qr, group, T,
-                                         out.data(), buf.scratch.get(), buf.scores.get());
+                                         out.data(), buf.scratch, buf.scores);
         else
             detail::attend_rows_reference(keys_of(dim, g), values_of(dim, g), qr, d, group, T,
-                                          out.data(), buf.scratch.get(), buf.scores.get());
+                                          out.data(), buf.scratch, buf.scores);
     }
 
     kv_cache_options opt_;
