@@ -14,6 +14,8 @@
 #include <string_view>
 #include <vector>
 
+#include "example_args.hpp"
+
 namespace {
 
 using namespace qift;
@@ -99,40 +101,34 @@ linear make_by_name(const std::string& set, const matrix<float>& w, const site_s
 
 int main(int argc, char** argv) {
     options opt;
-    for (int i = 1; i < argc; ++i) {
-        const std::string_view a = argv[i];
-        const auto value = [&]() -> std::string {
-            if (i + 1 >= argc) {
-                std::fprintf(stderr, "generate: %s needs a value\n", argv[i]);
-                std::exit(2);
-            }
-            return argv[++i];
-        };
+    example::args cl(argc, argv, "generate");
+    while (cl.next()) {
+        const std::string_view a = cl.flag();
         if (a == "--model")
-            opt.model = value();
+            opt.model = cl.value();
         else if (a == "--tokenizer")
-            opt.tokenizer = value();
+            opt.tokenizer = cl.value();
         else if (a == "--prompt")
-            opt.prompt = value();
+            opt.prompt = cl.value();
         else if (a == "--tokens")
-            opt.tokens = std::stoul(value());
+            opt.tokens = cl.integer<std::size_t>();
         else if (a == "--temperature")
-            opt.temperature = std::stof(value());
+            opt.temperature = cl.real<float>();
         else if (a == "--seed")
-            opt.seed = std::stoull(value());
+            opt.seed = cl.integer<std::uint64_t>();
         else if (a == "--set")
-            opt.set = value();
+            opt.set = cl.value();
         else if (a == "--rtn")
             opt.gptq = false;
         else if (a == "--calib")
-            opt.calib = value();
+            opt.calib = cl.value();
         else if (a == "--calib-windows")
-            opt.calib_windows = std::stoul(value());
+            opt.calib_windows = cl.integer<std::size_t>();
         else if (a == "--help" || a == "-h") {
             usage();
             return 0;
         } else {
-            std::fprintf(stderr, "generate: unknown argument '%s'\n", argv[i]);
+            cl.unknown();
             usage();
             return 2;
         }

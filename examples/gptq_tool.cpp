@@ -14,6 +14,8 @@
 #include <string_view>
 #include <vector>
 
+#include "example_args.hpp"
+
 namespace {
 
 const char* const usage =
@@ -55,67 +57,50 @@ struct arguments {
     std::exit(2);
 }
 
-std::size_t to_size(const std::string& flag, const std::string& v) {
-    char* end = nullptr;
-    const unsigned long long n = std::strtoull(v.c_str(), &end, 10);
-    if (v.empty() || *end != '\0' || v[0] == '-') die(flag + " needs a non-negative integer");
-    return static_cast<std::size_t>(n);
-}
-
-double to_double(const std::string& flag, const std::string& v) {
-    char* end = nullptr;
-    const double d = std::strtod(v.c_str(), &end);
-    if (v.empty() || *end != '\0') die(flag + " needs a number");
-    return d;
-}
-
 arguments parse(int argc, char** argv) {
     arguments a;
-    for (int i = 1; i < argc; ++i) {
-        const std::string flag = argv[i];
-        const auto value = [&]() -> std::string {
-            if (i + 1 >= argc) die(flag + " needs a value");
-            return argv[++i];
-        };
+    example::args cl(argc, argv, "gptq_tool");
+    while (cl.next()) {
+        const std::string_view flag = cl.flag();
         if (flag == "--help" || flag == "-h") {
             std::fputs(usage, stdout);
             std::exit(0);
         } else if (flag == "--w") {
-            a.w = value();
+            a.w = cl.value();
         } else if (flag == "--h") {
-            a.h = value();
+            a.h = cl.value();
         } else if (flag == "--x") {
-            a.x = value();
+            a.x = cl.value();
         } else if (flag == "--out") {
-            a.out = value();
+            a.out = cl.value();
         } else if (flag == "--levels") {
-            a.levels = value();
+            a.levels = cl.value();
         } else if (flag == "--rule") {
-            const std::string r = value();
+            const std::string r = cl.value();
             if (r != "search" && r != "max") die("--rule is search or max");
             a.opt.scale.rule = r == "max" ? qift::scale_rule::max : qift::scale_rule::search;
         } else if (flag == "--exponent") {
-            a.opt.scale.exponent = static_cast<float>(to_double(flag, value()));
+            a.opt.scale.exponent = cl.real<float>();
         } else if (flag == "--refine") {
             a.opt.scale.refine = true;
         } else if (flag == "--group-size") {
-            a.opt.scale.group_size = to_size(flag, value());
+            a.opt.scale.group_size = cl.integer<std::size_t>();
         } else if (flag == "--act-order") {
             a.opt.act_order = true;
         } else if (flag == "--static-groups") {
             a.opt.static_groups = true;
         } else if (flag == "--damp") {
-            a.opt.damp = to_double(flag, value());
+            a.opt.damp = cl.real<double>();
         } else if (flag == "--block-size") {
-            a.opt.block_size = to_size(flag, value());
+            a.opt.block_size = cl.integer<std::size_t>();
         } else if (flag == "--max-retries") {
-            a.opt.max_retries = static_cast<int>(to_size(flag, value()));
+            a.opt.max_retries = cl.integer<std::uint16_t>();
         } else if (flag == "--threads") {
-            if (to_size(flag, value()) <= 1) qift::set_parallel_executor(qift::serial_executor);
+            if (cl.integer<std::size_t>() <= 1) qift::set_parallel_executor(qift::serial_executor);
         } else if (flag == "--quiet") {
             a.quiet = true;
         } else {
-            die("unknown option " + flag + " (see --help)");
+            die("unknown option " + std::string(flag) + " (see --help)");
         }
     }
     if (a.w.empty() || a.out.empty() || a.h.empty() == a.x.empty())

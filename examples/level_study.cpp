@@ -18,6 +18,8 @@
 #include <utility>
 #include <vector>
 
+#include "example_args.hpp"
+
 namespace {
 
 using namespace qift;
@@ -457,19 +459,20 @@ void usage() {
 
 int main(int argc, char** argv) {
     options opt;
-    for (int i = 1; i < argc; ++i) {
-        const std::string_view a = argv[i];
+    example::args cl(argc, argv, "level_study");
+    while (cl.next()) {
+        const std::string_view a = cl.flag();
         if (a == "--csv") {
             opt.csv = true;
-        } else if (a == "--model" && i + 1 < argc) {
-            opt.model = argv[++i];
-        } else if (a == "--svg" && i + 1 < argc) {
-            opt.svg = argv[++i];
+        } else if (a == "--model") {
+            opt.model = cl.value();
+        } else if (a == "--svg") {
+            opt.svg = cl.value();
         } else if (a == "--help" || a == "-h") {
             usage();
             return 0;
         } else {
-            std::fprintf(stderr, "level_study: unknown argument '%s'\n", argv[i]);
+            cl.unknown();
             usage();
             return 2;
         }

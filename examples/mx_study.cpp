@@ -22,6 +22,8 @@
 #include <string_view>
 #include <vector>
 
+#include "example_args.hpp"
+
 namespace {
 
 using namespace qift;
@@ -56,16 +58,6 @@ void usage() {
         "tokens, then perplexity on --windows held-out windows (default 0: all 857) with MXFP4\n"
         "weights × MXFP4 activations, float weights × MXFP4 activations and MXFP4 weights ×\n"
         "float activations, all with the KV4 cache. --no-eval skips the perplexity runs.");
-}
-
-std::vector<std::string> split(std::string_view s) {
-    std::vector<std::string> out;
-    while (!s.empty()) {
-        const auto comma = s.find(',');
-        out.emplace_back(s.substr(0, comma));
-        s = comma == std::string_view::npos ? std::string_view{} : s.substr(comma + 1);
-    }
-    return out;
 }
 
 matrix<float> copy_of(matrix_view<const float> x) {
@@ -225,32 +217,26 @@ void synthetic_table(const std::vector<mx_rotation_method>& methods, std::uint64
 
 int main(int argc, char** argv) {
     options opt;
-    for (int i = 1; i < argc; ++i) {
-        const std::string_view a = argv[i];
-        const auto value = [&]() -> std::string {
-            if (i + 1 >= argc) {
-                std::fprintf(stderr, "mx_study: %s needs a value\n", argv[i]);
-                std::exit(2);
-            }
-            return argv[++i];
-        };
+    example::args cl(argc, argv, "mx_study");
+    while (cl.next()) {
+        const std::string_view a = cl.flag();
         if (a == "--model")
-            opt.model = value();
+            opt.model = cl.value();
         else if (a == "--test")
-            opt.test = value();
+            opt.test = cl.value();
         else if (a == "--calib")
-            opt.calib = value();
+            opt.calib = cl.value();
         else if (a == "--windows")
-            opt.windows = std::stoul(value());
+            opt.windows = cl.integer<std::size_t>();
         else if (a == "--calib-windows")
-            opt.calib_windows = std::stoul(value());
+            opt.calib_windows = cl.integer<std::size_t>();
         else if (a == "--stat-windows")
-            opt.stat_windows = std::stoul(value());
+            opt.stat_windows = cl.integer<std::size_t>();
         else if (a == "--seed")
-            opt.seed = std::stoull(value());
+            opt.seed = cl.integer<std::uint64_t>();
         else if (a == "--methods") {
             opt.methods.clear();
-            for (const auto& s : split(value())) {
+            for (const auto& s : cl.list()) {
                 const auto m = parse_mx_rotation(s);
                 if (!m) {
                     std::fprintf(stderr, "mx_study: unknown method '%s'\n", s.c_str());
@@ -265,12 +251,12 @@ int main(int argc, char** argv) {
         else if (a == "--quiet")
             opt.quiet = true;
         else if (a == "--svg")
-            opt.svg = value();
+            opt.svg = cl.value();
         else if (a == "--help" || a == "-h") {
             usage();
             return 0;
         } else {
-            std::fprintf(stderr, "mx_study: unknown argument '%s'\n", argv[i]);
+            cl.unknown();
             usage();
             return 2;
         }

@@ -21,6 +21,8 @@
 #include <string_view>
 #include <vector>
 
+#include "example_args.hpp"
+
 namespace {
 
 using namespace qift;
@@ -61,16 +63,6 @@ void usage() {
         "the perplexity, KL and top-1 agreement with the float model on --windows test windows\n"
         "(default 256 = 65,536 tokens; 0: all 857). --svg writes the error-vs-depth chart.\n"
         "--iterations sets the ARB / ARB-X / ARB-RC / output-alignment rounds.");
-}
-
-std::vector<std::string> split(std::string_view s) {
-    std::vector<std::string> out;
-    while (!s.empty()) {
-        const auto comma = s.find(',');
-        out.emplace_back(s.substr(0, comma));
-        s = comma == std::string_view::npos ? std::string_view{} : s.substr(comma + 1);
-    }
-    return out;
 }
 
 const std::map<std::string, std::string, std::less<>>& method_labels() {
@@ -206,46 +198,40 @@ void write_svg(const std::string& path, const std::vector<method_result>& rs,
 
 int main(int argc, char** argv) {
     options opt;
-    for (int i = 1; i < argc; ++i) {
-        const std::string_view a = argv[i];
-        const auto value = [&]() -> std::string {
-            if (i + 1 >= argc) {
-                std::fprintf(stderr, "onebit_study: %s needs a value\n", argv[i]);
-                std::exit(2);
-            }
-            return argv[++i];
-        };
+    example::args cl(argc, argv, "onebit_study");
+    while (cl.next()) {
+        const std::string_view a = cl.flag();
         if (a == "--model")
-            opt.model = value();
+            opt.model = cl.value();
         else if (a == "--test")
-            opt.test = value();
+            opt.test = cl.value();
         else if (a == "--calib")
-            opt.calib = value();
+            opt.calib = cl.value();
         else if (a == "--windows")
-            opt.windows = std::stoul(value());
+            opt.windows = cl.integer<std::size_t>();
         else if (a == "--calib-windows")
-            opt.calib_windows = std::stoul(value());
+            opt.calib_windows = cl.integer<std::size_t>();
         else if (a == "--iterations")
-            opt.iterations = std::stoi(value());
+            opt.iterations = cl.integer<int>();
         else if (a == "--oa-linears")
-            opt.oa_linears = split(value());
+            opt.oa_linears = cl.list();
         else if (a == "--methods")
-            opt.methods = split(value());
+            opt.methods = cl.list();
         else if (a == "--seed")
-            opt.seed = std::stoull(value());
+            opt.seed = cl.integer<std::uint64_t>();
         else if (a == "--act-clip")
-            opt.act_clip = std::stof(value());
+            opt.act_clip = cl.real<float>();
         else if (a == "--csv")
             opt.csv = true;
         else if (a == "--quiet")
             opt.quiet = true;
         else if (a == "--svg")
-            opt.svg = value();
+            opt.svg = cl.value();
         else if (a == "--help" || a == "-h") {
             usage();
             return 0;
         } else {
-            std::fprintf(stderr, "onebit_study: unknown argument '%s'\n", argv[i]);
+            cl.unknown();
             usage();
             return 2;
         }

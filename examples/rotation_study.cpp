@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "example_args.hpp"
+
 using namespace qift;
 
 namespace {
@@ -199,27 +201,21 @@ int run(const options& opt) {
 
 int main(int argc, char** argv) {
     options opt;
-    for (int i = 1; i < argc; ++i) {
-        const std::string a = argv[i];
-        auto value = [&]() -> std::string {
-            if (i + 1 >= argc) {
-                std::fprintf(stderr, "rotation_study: %s needs a value\n", a.c_str());
-                std::exit(2);
-            }
-            return argv[++i];
-        };
+    example::args cl(argc, argv, "rotation_study");
+    while (cl.next()) {
+        const std::string_view a = cl.flag();
         if (a == "--quick")
             opt.quick = true;
         else if (a == "--csv")
             opt.csv = true;
         else if (a == "--write-csv")
-            opt.csv_path = value();
+            opt.csv_path = cl.value();
         else if (a == "--models")
-            opt.models = value();
+            opt.models = cl.value();
         else if (a == "--seed")
-            opt.seed = std::stoull(value());
+            opt.seed = cl.integer<std::uint64_t>();
         else if (a == "--dense-max")
-            opt.dense_max = std::stoull(value());
+            opt.dense_max = cl.integer<std::uint64_t>();
         else {
             std::printf(
                 "usage: rotation_study [--quick] [--csv] [--write-csv FILE] [--models DIR]\n"

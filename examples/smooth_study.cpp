@@ -25,6 +25,8 @@
 #include <utility>
 #include <vector>
 
+#include "example_args.hpp"
+
 namespace {
 
 using namespace qift;
@@ -76,16 +78,6 @@ void usage() {
         "instead of the authors' metric (A4 clip --act-clip, weights with the searched\n"
         "scale). --layers limits the study (other blocks get s = 1). --svg writes the chart\n"
         "of E relative to SmoothRot alpha 0.5 and of the end-to-end perplexity change.");
-}
-
-std::vector<std::string> split(std::string_view s) {
-    std::vector<std::string> out;
-    while (!s.empty()) {
-        const auto comma = s.find(',');
-        out.emplace_back(s.substr(0, comma));
-        s = comma == std::string_view::npos ? std::string_view{} : s.substr(comma + 1);
-    }
-    return out;
 }
 
 using clock_type = std::chrono::steady_clock;
@@ -578,42 +570,35 @@ void write_svg(const std::string& path, const std::string& title,
 
 int main(int argc, char** argv) {
     options opt;
-    for (int i = 1; i < argc; ++i) {
-        const std::string_view a = argv[i];
-        const auto value = [&]() -> std::string {
-            if (i + 1 >= argc) {
-                std::fprintf(stderr, "smooth_study: %s needs a value\n", argv[i]);
-                std::exit(2);
-            }
-            return argv[++i];
-        };
+    example::args cl(argc, argv, "smooth_study");
+    while (cl.next()) {
+        const std::string_view a = cl.flag();
         if (a == "--model")
-            opt.model = value();
+            opt.model = cl.value();
         else if (a == "--test")
-            opt.test = value();
+            opt.test = cl.value();
         else if (a == "--calib")
-            opt.calib = value();
+            opt.calib = cl.value();
         else if (a == "--windows")
-            opt.windows = std::stoul(value());
+            opt.windows = cl.integer<std::size_t>();
         else if (a == "--calib-windows")
-            opt.calib_windows = std::stoul(value());
+            opt.calib_windows = cl.integer<std::size_t>();
         else if (a == "--heldout-windows")
-            opt.heldout_windows = std::stoul(value());
+            opt.heldout_windows = cl.integer<std::size_t>();
         else if (a == "--gptq-windows")
-            opt.gptq_windows = std::stoul(value());
-        else if (a == "--layers") {
-            opt.layers.clear();
-            for (const auto& s : split(value())) opt.layers.push_back(std::stoul(s));
-        } else if (a == "--sets")
-            opt.sets = split(value());
+            opt.gptq_windows = cl.integer<std::size_t>();
+        else if (a == "--layers")
+            opt.layers = cl.integer_list<std::size_t>();
+        else if (a == "--sets")
+            opt.sets = cl.list();
         else if (a == "--steps")
-            opt.steps = std::stoi(value());
+            opt.steps = cl.integer<int>();
         else if (a == "--lr")
-            opt.learning_rate = std::stod(value());
+            opt.learning_rate = cl.real<double>();
         else if (a == "--seed")
-            opt.seed = std::stoull(value());
+            opt.seed = cl.integer<std::uint64_t>();
         else if (a == "--act-clip")
-            opt.act_clip = std::stof(value());
+            opt.act_clip = cl.real<float>();
         else if (a == "--reuse-int4-scales")
             opt.reuse_int4 = true;
         else if (a == "--model-quantizers")
@@ -627,12 +612,12 @@ int main(int argc, char** argv) {
         else if (a == "--quiet")
             opt.quiet = true;
         else if (a == "--svg")
-            opt.svg = value();
+            opt.svg = cl.value();
         else if (a == "--help" || a == "-h") {
             usage();
             return 0;
         } else {
-            std::fprintf(stderr, "smooth_study: unknown argument '%s'\n", argv[i]);
+            cl.unknown();
             usage();
             return 2;
         }

@@ -23,6 +23,8 @@
 
 #if __has_include(<sys/resource.h>)
 #include <sys/resource.h>
+
+#include "example_args.hpp"
 #endif
 
 namespace {
@@ -71,16 +73,6 @@ void usage() {
         "channels are before and after the rotations (float model, 32 calibration windows\n"
         "unless --calib-windows). Token ids come from the .npy files: a Hugging Face folder's\n"
         "tokenizer.json is not read, so the ids must be in its vocabulary.");
-}
-
-std::vector<std::string> split(std::string_view s) {
-    std::vector<std::string> out;
-    while (!s.empty()) {
-        const auto comma = s.find(',');
-        out.emplace_back(s.substr(0, comma));
-        s = comma == std::string_view::npos ? std::string_view{} : s.substr(comma + 1);
-    }
-    return out;
 }
 
 /// A weight quantizer chosen by name at run time: RTN (stats == nullptr) or GPTQ.
@@ -239,49 +231,42 @@ void print_activation_stats(const llama_weights& plain, const llama_weights& rot
 
 int main(int argc, char** argv) {
     options opt;
-    for (int i = 1; i < argc; ++i) {
-        const std::string_view a = argv[i];
-        const auto value = [&]() -> std::string {
-            if (i + 1 >= argc) {
-                std::fprintf(stderr, "w2a4kv4: %s needs a value\n", argv[i]);
-                std::exit(2);
-            }
-            return argv[++i];
-        };
+    example::args cl(argc, argv, "w2a4kv4");
+    while (cl.next()) {
+        const std::string_view a = cl.flag();
         if (a == "--model")
-            opt.model = value();
+            opt.model = cl.value();
         else if (a == "--test")
-            opt.test = value();
+            opt.test = cl.value();
         else if (a == "--calib")
-            opt.calib = value();
+            opt.calib = cl.value();
         else if (a == "--windows")
-            opt.windows = std::stoul(value());
+            opt.windows = cl.integer<std::size_t>();
         else if (a == "--calib-windows")
-            opt.calib_windows = std::stoul(value());
+            opt.calib_windows = cl.integer<std::size_t>();
         else if (a == "--seed")
-            opt.seed = std::stoull(value());
+            opt.seed = cl.integer<std::uint64_t>();
         else if (a == "--act-clip")
-            opt.act_clip = std::stof(value());
+            opt.act_clip = cl.real<float>();
         else if (a == "--sets")
-            opt.sets = split(value());
+            opt.sets = cl.list();
         else if (a == "--sweep-sets")
-            opt.sweep_sets = split(value());
-        else if (a == "--sweep") {
-            opt.sweep.clear();
-            for (const auto& s : split(value())) opt.sweep.push_back(std::stoi(s));
-        } else if (a == "--csv")
+            opt.sweep_sets = cl.list();
+        else if (a == "--sweep")
+            opt.sweep = cl.integer_list<int>();
+        else if (a == "--csv")
             opt.csv = true;
         else if (a == "--quiet")
             opt.quiet = true;
         else if (a == "--activation-stats")
             opt.activation_stats = true;
         else if (a == "--svg")
-            opt.svg = value();
+            opt.svg = cl.value();
         else if (a == "--help" || a == "-h") {
             usage();
             return 0;
         } else {
-            std::fprintf(stderr, "w2a4kv4: unknown argument '%s'\n", argv[i]);
+            cl.unknown();
             usage();
             return 2;
         }
