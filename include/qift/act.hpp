@@ -65,21 +65,22 @@ inline std::uint32_t abs_bits(float v) noexcept {
 }
 inline constexpr std::uint32_t abs_bits_infinity = 0x7F800000u;
 
-/// The scale of a token of max|x| = m: clip·m/7, or 0 (an all-zero token) when m = 0 or when
-/// 1/scale overflows (m below about 7·2^-128/clip, where x·(1/scale) is not finite).
-inline float token_scale(float m, float clip) noexcept {
-    const float scale = clip * m / 7.0f;
+/// The scale of a token of max|x| = m with codes up to hi (7 for INT4, 127 for INT8):
+/// clip·m/hi, or 0 (an all-zero token) when m = 0 or when 1/scale overflows (m below about
+/// hi·2^-128/clip, where x·(1/scale) is not finite).
+inline float token_scale(float m, float clip, int hi = 7) noexcept {
+    const float scale = clip * m / static_cast<float>(hi);
     return scale == 0.0f || !std::isfinite(1.0f / scale) ? 0.0f : scale;
 }
 
-/// Scalar reference of one token (finite x): code = clamp(nearbyint(x · (1/scale)), lo, 7) with
-/// scale = token_scale(max|x|, clip); all codes 0 and scale 0 for a zero token. nearbyint
-/// rounds in the current rounding mode (ties to even by default). Returns the scale.
-inline float quantize_token_scalar(std::span<const float> x, float clip, int lo,
-                                   std::int8_t* codes) noexcept {
+/// Scalar reference of one token (finite x): code = clamp(nearbyint(x · (1/scale)), lo, hi)
+/// with scale = token_scale(max|x|, clip, hi); all codes 0 and scale 0 for a zero token.
+/// nearbyint rounds in the current rounding mode (ties to even by default). Returns the scale.
+inline float quantize_token_scalar(std::span<const float> x, float clip, int lo, std::int8_t* codes,
+                                   int hi = 7) noexcept {
     float m = 0.0f;
     for (float v : x) m = std::max(m, std::fabs(v));
-    const float scale = token_scale(m, clip);
+    const float scale = token_scale(m, clip, hi);
     if (scale == 0.0f) {
         std::fill_n(codes, x.size(), std::int8_t{0});
         return 0.0f;
@@ -87,24 +88,27 @@ inline float quantize_token_scalar(std::span<const float> x, float clip, int lo,
     const float inv = 1.0f / scale;
     for (std::size_t k = 0; k < x.size(); ++k)
         codes[k] = static_cast<std::int8_t>(
-            std::clamp(std::nearbyint(x[k] * inv), static_cast<float>(lo), 7.0f));
+            std::clamp(std::nearbyint(x[k] * inv), static_cast<float>(lo), static_cast<float>(hi)));
     return scale;
 }
 
 /// Vector kernel of one token, bit-exact with quantize_token_scalar in every rounding mode
 /// (for finite x): a max pass over the bit patterns of |x| (abs_bits; it also flags non-finite
-/// values), then a code pass: multiply, clamp to [lo, 7] in float, convert in the current
+/// values), then a code pass: multiply, clamp to [lo, hi] in float, convert in the current
 /// rounding mode (clamping before rounding equals rounding before clamping: the bounds are
 /// integers) and narrow. AVX-512F: 32 values a step, masked loads for the tail; AVX2: 32 a step,
 /// packs + one permute to narrow; SSE2: 16 a step, packs; scalar tails and other architectures.
+/// hi is 7 (INT4 activations) or up to 127 (INT8, binary_matrix.hpp): the narrowing saturates
+/// to int8, which every code in [lo, hi] fits.
 struct quantize_token_kernel {
     /// Quantizes x into codes[0, x.size()) and returns the scale (the interface smooth.hpp
     /// uses).
     template <class Arch>
-    float operator()(Arch arch, std::span<const float> x, float clip, int lo,
-                     std::int8_t* codes) const noexcept {
+    float operator()(Arch arch, std::span<const float> x, float clip, int lo, std::int8_t* codes,
+                     int hi = 7) const noexcept {
         std::int32_t sum = 0;
-        return encode(arch, x, std::bit_cast<float>(max_abs_bits(arch, x)), clip, lo, codes, sum);
+        return encode(arch, x, std::bit_cast<float>(max_abs_bits(arch, x)), clip, lo, codes, sum,
+                      hi);
     }
 
     /// max_k abs_bits(x[k]) (0 for an empty x).
@@ -164,24 +168,24 @@ struct quantize_token_kernel {
     }
 
     /// The code pass for a token of max|x| = m: codes[0, x.size()), their sum in `sum`; returns
-    /// the scale (token_scale(m, clip)).
+    /// the scale (token_scale(m, clip, hi)).
     template <class Arch>
     static float encode(Arch, std::span<const float> x, float m, float clip, int lo,
-                        std::int8_t* codes, std::int32_t& sum) noexcept {
+                        std::int8_t* codes, std::int32_t& sum, int hi = 7) noexcept {
         const std::size_t n = x.size();
         const float* p = x.data();
-        const float scale = token_scale(m, clip);
+        const float scale = token_scale(m, clip, hi);
         sum = 0;
         if (scale == 0.0f) {
             std::fill_n(codes, n, std::int8_t{0});
             return 0.0f;
         }
-        const float inv = 1.0f / scale, flo = static_cast<float>(lo);
+        const float inv = 1.0f / scale, flo = static_cast<float>(lo), fhi = static_cast<float>(hi);
         std::size_t k = 0;
 #if defined(__AVX512F__)
         if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
             const __m512 vinv = _mm512_set1_ps(inv), vlo = _mm512_set1_ps(flo),
-                         vhi = _mm512_set1_ps(7.0f);
+                         vhi = _mm512_set1_ps(fhi);
             __m512i s0 = _mm512_setzero_si512(), s1 = s0;
             const auto code = [&](__m512 v) {
                 return _mm512_cvtps_epi32(
@@ -211,7 +215,7 @@ struct quantize_token_kernel {
 #if defined(__AVX2__)
         if constexpr (std::is_base_of_v<xsimd::avx2, Arch>) {
             const __m256 vinv = _mm256_set1_ps(inv), vlo = _mm256_set1_ps(flo),
-                         vhi = _mm256_set1_ps(7.0f);
+                         vhi = _mm256_set1_ps(fhi);
             // packs interleaves the 128-bit lanes: dword i of the packed result holds codes
             // 4·order[i] .. 4·order[i] + 3.
             const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
@@ -234,7 +238,7 @@ struct quantize_token_kernel {
 #endif
 #if defined(__SSE2__)
         if constexpr (std::is_base_of_v<xsimd::sse2, Arch>) {
-            const __m128 vinv = _mm_set1_ps(inv), vlo = _mm_set1_ps(flo), vhi = _mm_set1_ps(7.0f);
+            const __m128 vinv = _mm_set1_ps(inv), vlo = _mm_set1_ps(flo), vhi = _mm_set1_ps(fhi);
             __m128i s = _mm_setzero_si128();
             const auto code = [&](std::size_t i) {
                 return _mm_cvtps_epi32(
@@ -253,7 +257,7 @@ struct quantize_token_kernel {
 #endif
         // Elsewhere the scalar loop: xsimd's nearbyint rounds to nearest whatever the mode.
         for (; k < n; ++k) {
-            codes[k] = static_cast<std::int8_t>(std::clamp(std::nearbyint(p[k] * inv), flo, 7.0f));
+            codes[k] = static_cast<std::int8_t>(std::clamp(std::nearbyint(p[k] * inv), flo, fhi));
             sum += codes[k];
         }
         return scale;

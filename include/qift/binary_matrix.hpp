@@ -463,38 +463,45 @@ struct int8_activations {
 
 /// Per-token symmetric INT8 quantization of z [tokens][cols] (row-major, any stride) into
 /// `out`, reusing its storage: scale_t = max_k |z(t, k)| / 127, code = clamp(round-half-even(z ·
-/// (1 / scale_t)), −127, 127); a token of zeros gets scale 0 and codes 0. Throws qift::error for
-/// an empty z, cols > 65536 or a non-finite value (naming its position). O(tokens · cols).
+/// (1 / scale_t)), −127, 127) (nearbyint: the current rounding mode); a token of zeros, or of
+/// max|z| so small that 1/scale overflows, gets scale 0 and codes 0. Throws qift::error for an
+/// empty z, cols > 65536 or a non-finite value (naming its position; `out` is then empty).
+/// O(tokens · cols): the two vectorized passes of the INT4 activations
+/// (detail::quantize_token_kernel with codes up to 127), bit-exact with
+/// detail::quantize_token_scalar(z_t, 1, −127, codes, 127).
 inline void quantize_int8_activations(matrix_view<const float> z, int8_activations& out) {
     detail::require(!z.empty() && z.stride >= z.cols && z.cols <= 65536, [&] {
         return "quantize_int8_activations: z is " + std::to_string(z.rows) + "x" +
                std::to_string(z.cols) + " (stride " + std::to_string(z.stride) +
                "), expected a non-empty matrix of at most 65536 columns";
     });
-    for (std::size_t t = 0; t < z.rows; ++t)
-        for (std::size_t k = 0; k < z.cols; ++k)
-            detail::require(std::isfinite(z(t, k)), [&] {
-                return "quantize_int8_activations: z(" + std::to_string(t) + ", " +
-                       std::to_string(k) + ") is " + std::to_string(z(t, k)) +
-                       " (activations must be finite)";
-            });
     constexpr std::size_t m = int8_activations::column_multiple;
     out.tokens = z.rows;
     out.cols = z.cols;
     out.padded_cols = (z.cols + m - 1) / m * m;
-    out.codes.assign(out.tokens * out.padded_cols, 0);
-    out.scales.assign(out.tokens, 0.0f);
+    out.codes.resize(out.tokens * out.padded_cols);  // every byte is written below
+    out.scales.resize(out.tokens);
+    // The INT4 activation kernel with codes up to 127 and no clip (act.hpp: bit-exact with
+    // detail::quantize_token_scalar, both passes vectorized).
+    const xsimd::default_arch arch{};
+    using kernel = detail::quantize_token_kernel;
     for (std::size_t t = 0; t < z.rows; ++t) {
-        float mx = 0.0f;
-        for (std::size_t k = 0; k < z.cols; ++k) mx = std::max(mx, std::fabs(z(t, k)));
-        const float scale = mx / 127.0f;
-        out.scales[t] = scale;
-        if (scale == 0.0f) continue;
-        const float inv = 1.0f / scale;
+        const std::span<const float> row = z.row(t);
+        const std::uint32_t mx = kernel::max_abs_bits(arch, row);
+        if (mx >= detail::abs_bits_infinity) [[unlikely]] {
+            out.tokens = out.cols = out.padded_cols = 0;
+            out.codes.clear();
+            out.scales.clear();
+            const auto [bt, bk] = detail::first_non_finite(z);
+            detail::fail("quantize_int8_activations: z(" + std::to_string(bt) + ", " +
+                         std::to_string(bk) + ") is " + std::to_string(z(bt, bk)) +
+                         " (activations must be finite)");
+        }
         std::int8_t* c = out.codes.data() + t * out.padded_cols;
-        for (std::size_t k = 0; k < z.cols; ++k)
-            c[k] = static_cast<std::int8_t>(
-                std::clamp(std::nearbyint(z(t, k) * inv), -127.0f, 127.0f));
+        std::int32_t sum = 0;
+        out.scales[t] =
+            kernel::encode(arch, row, std::bit_cast<float>(mx), 1.0f, -127, c, sum, 127);
+        std::fill(c + z.cols, c + out.padded_cols, std::int8_t{0});
     }
 }
 
