@@ -14,7 +14,7 @@
 
 namespace {
 
-qift::matrix<float> random_matrix(std::size_t rows, std::size_t cols, unsigned seed) {
+qift::matrix<float> act_random_matrix(std::size_t rows, std::size_t cols, unsigned seed) {
     std::mt19937 gen(seed);
     std::normal_distribution<float> dist(0.0f, 1.0f);
     qift::matrix<float> m(rows, cols);
@@ -28,7 +28,7 @@ TEST_CASE("quantize_activations matches the scalar reference and pads with zeros
     for (std::size_t cols : {1u, 7u, 63u, 256u, 257u, 4097u})
         for (auto range : {qift::a4_range::symmetric, qift::a4_range::full})
             for (float clip : {1.0f, 0.9f}) {
-                const auto x = random_matrix(3, cols, static_cast<unsigned>(cols));
+                const auto x = act_random_matrix(3, cols, static_cast<unsigned>(cols));
                 const auto q = qift::quantize_activations(x, clip, range);
                 REQUIRE(q.tokens == 3);
                 REQUIRE(q.padded_cols % 256 == 0);
@@ -88,36 +88,37 @@ namespace {
 
 // Every architecture this build can run, against the scalar reference: codes, scale and sum.
 template <class Arch>
-void check_token_arch(Arch arch, std::span<const float> x, float clip, int lo) {
+void check_token_arch(Arch arch, std::span<const float> x, float clip, int lo, int hi) {
     std::vector<std::int8_t> ref(x.size() + 1, 99), got(x.size() + 1, 99);
-    const float s_ref = qift::detail::quantize_token_scalar(x, clip, lo, ref.data());
+    const float s_ref = qift::detail::quantize_token_scalar(x, clip, lo, ref.data(), hi);
     using kernel = qift::detail::quantize_token_kernel;
     const std::uint32_t m = kernel::max_abs_bits(arch, x);
     float m_ref = 0.0f;
     for (float v : x) m_ref = std::max(m_ref, std::fabs(v));
     CHECK(std::bit_cast<float>(m) == m_ref);
     std::int32_t sum = 0;
-    const float s = kernel::encode(arch, x, std::bit_cast<float>(m), clip, lo, got.data(), sum);
+    const float s = kernel::encode(arch, x, std::bit_cast<float>(m), clip, lo, got.data(), sum, hi);
     CHECK(std::memcmp(&s, &s_ref, sizeof s) == 0);
     CHECK(got == ref);  // includes the guard byte past the end: nothing written beyond x.size()
     std::int32_t sum_ref = 0;
     for (std::size_t k = 0; k < x.size(); ++k) sum_ref += ref[k];
     CHECK(sum == sum_ref);
     std::vector<std::int8_t> via_call(x.size());
-    CHECK(kernel{}(arch, x, clip, lo, via_call.data()) == s_ref);
+    CHECK(kernel{}(arch, x, clip, lo, via_call.data(), hi) == s_ref);
     CHECK(std::equal(via_call.begin(), via_call.end(), ref.begin()));
 }
 
-void check_token(std::span<const float> x, float clip, int lo) {
-    check_token_arch(xsimd::default_arch{}, x, clip, lo);
+// hi = 7: INT4 activations; hi = 127 with lo = -127: the INT8 ones of binary_matrix.hpp.
+void check_token(std::span<const float> x, float clip, int lo, int hi = 7) {
+    check_token_arch(xsimd::default_arch{}, x, clip, lo, hi);
 #if defined(__AVX512F__)
-    check_token_arch(xsimd::avx512f{}, x, clip, lo);
+    check_token_arch(xsimd::avx512f{}, x, clip, lo, hi);
 #endif
 #if defined(__AVX2__)
-    check_token_arch(xsimd::avx2{}, x, clip, lo);
+    check_token_arch(xsimd::avx2{}, x, clip, lo, hi);
 #endif
 #if defined(__SSE4_2__)
-    check_token_arch(xsimd::sse4_2{}, x, clip, lo);
+    check_token_arch(xsimd::sse4_2{}, x, clip, lo, hi);
 #endif
 }
 
@@ -149,6 +150,20 @@ TEST_CASE("quantize_token_kernel is bit-exact with the scalar reference on every
             }
     }
     std::fesetround(FE_TONEAREST);
+    // INT8 codes (hi = 127, no clip): random tokens, and ties (max|x| = 127: scale 1, so the
+    // half steps are exact ties) in every rounding mode.
+    for (std::size_t n : {1u, 15u, 16u, 17u, 33u, 63u, 65u, 100u, 4097u}) {
+        std::vector<float> x(n);
+        for (auto& v : x) v = 20.0f * nd(gen);
+        check_token(x, 1.0f, -127, 127);
+    }
+    std::vector<float> ties8;
+    for (int i = -254; i <= 254; ++i) ties8.push_back(0.5f * float(i));
+    for (int mode : {FE_TONEAREST, FE_UPWARD, FE_DOWNWARD, FE_TOWARDZERO}) {
+        REQUIRE(std::fesetround(mode) == 0);
+        check_token(ties8, 1.0f, -127, 127);
+    }
+    std::fesetround(FE_TONEAREST);
     // Zero tokens, -0.0, and a max|x| so small that 1/scale overflows: scale 0, codes 0.
     for (std::size_t n : {1u, 17u, 70u}) {
         std::vector<float> z(n, 0.0f);
@@ -170,13 +185,13 @@ TEST_CASE("quantize_token_kernel is bit-exact with the scalar reference on every
 
 TEST_CASE("quantize_activations into reused storage: same result, no reallocation") {
     qift::quantized_activations q;
-    const auto big = random_matrix(4, 1000, 11);
+    const auto big = act_random_matrix(4, 1000, 11);
     qift::quantize_activations(big, q, 0.8f, qift::a4_range::full);
     const auto* codes = q.codes.data();
     const auto* scales = q.scales.data();
     for (std::size_t cols : {1000u, 257u, 1u, 999u}) {
         for (std::size_t tokens : {4u, 1u, 3u}) {
-            const auto x = random_matrix(tokens, cols, unsigned(cols + tokens));
+            const auto x = act_random_matrix(tokens, cols, unsigned(cols + tokens));
             // Dirty the reused buffer so that stale padding would show.
             std::fill(q.codes.begin(), q.codes.end(), std::int8_t{5});
             qift::quantize_activations(x, q, 0.8f, qift::a4_range::full);
@@ -192,7 +207,7 @@ TEST_CASE("quantize_activations into reused storage: same result, no reallocatio
         }
     }
     // A strided view and the one-token overload.
-    const auto x = random_matrix(3, 300, 5);
+    const auto x = act_random_matrix(3, 300, 5);
     const qift::matrix_view<const float> sub(x.data() + 10, 3, 200, 300);
     qift::quantize_activations(sub, q);
     const auto fresh = qift::quantize_activations(qift::matrix<float>::from(sub));
