@@ -14,7 +14,7 @@
 #include <string_view>
 #include <vector>
 
-#include "example_args.hpp"
+#include "example_support.hpp"
 
 namespace {
 
@@ -103,10 +103,9 @@ int main(int argc, char** argv) {
     options opt;
     example::args cl(argc, argv, "generate");
     while (cl.next()) {
+        if (example::read_shared_flag(cl, opt)) continue;
         const std::string_view a = cl.flag();
-        if (a == "--model")
-            opt.model = cl.value();
-        else if (a == "--tokenizer")
+        if (a == "--tokenizer")
             opt.tokenizer = cl.value();
         else if (a == "--prompt")
             opt.prompt = cl.value();
@@ -114,16 +113,10 @@ int main(int argc, char** argv) {
             opt.tokens = cl.integer<std::size_t>();
         else if (a == "--temperature")
             opt.temperature = cl.real<float>();
-        else if (a == "--seed")
-            opt.seed = cl.integer<std::uint64_t>();
         else if (a == "--set")
             opt.set = cl.value();
         else if (a == "--rtn")
             opt.gptq = false;
-        else if (a == "--calib")
-            opt.calib = cl.value();
-        else if (a == "--calib-windows")
-            opt.calib_windows = cl.integer<std::size_t>();
         else if (a == "--help" || a == "-h") {
             usage();
             return 0;

@@ -14,7 +14,7 @@
 #include <string_view>
 #include <vector>
 
-#include "example_args.hpp"
+#include "example_support.hpp"
 
 namespace {
 

@@ -18,7 +18,7 @@
 #include <utility>
 #include <vector>
 
-#include "example_args.hpp"
+#include "example_support.hpp"
 
 namespace {
 

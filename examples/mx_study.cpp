@@ -22,7 +22,7 @@
 #include <string_view>
 #include <vector>
 
-#include "example_args.hpp"
+#include "example_support.hpp"
 
 namespace {
 
@@ -219,21 +219,10 @@ int main(int argc, char** argv) {
     options opt;
     example::args cl(argc, argv, "mx_study");
     while (cl.next()) {
+        if (example::read_shared_flag(cl, opt)) continue;
         const std::string_view a = cl.flag();
-        if (a == "--model")
-            opt.model = cl.value();
-        else if (a == "--test")
-            opt.test = cl.value();
-        else if (a == "--calib")
-            opt.calib = cl.value();
-        else if (a == "--windows")
-            opt.windows = cl.integer<std::size_t>();
-        else if (a == "--calib-windows")
-            opt.calib_windows = cl.integer<std::size_t>();
-        else if (a == "--stat-windows")
+        if (a == "--stat-windows")
             opt.stat_windows = cl.integer<std::size_t>();
-        else if (a == "--seed")
-            opt.seed = cl.integer<std::uint64_t>();
         else if (a == "--methods") {
             opt.methods.clear();
             for (const auto& s : cl.list()) {
@@ -246,12 +235,6 @@ int main(int argc, char** argv) {
             }
         } else if (a == "--no-eval")
             opt.no_eval = true;
-        else if (a == "--csv")
-            opt.csv = true;
-        else if (a == "--quiet")
-            opt.quiet = true;
-        else if (a == "--svg")
-            opt.svg = cl.value();
         else if (a == "--help" || a == "-h") {
             usage();
             return 0;
@@ -278,17 +261,11 @@ int main(int argc, char** argv) {
                                                              .rotate_ffn = false});
         w.head_rotation = rotation::for_size(std::size_t(c.head_dim()), opt.seed + 1);
         const kv_format kv4 = kv_format::kv4_asymmetric();
-        const bool tty = !opt.quiet;
-        std::string current;
-        const auto progress = [&](std::size_t done, std::size_t total) {
-            if (tty)
-                std::fprintf(stderr, "\r%-44s %zu/%zu%s", current.c_str(), done, total,
-                             done == total ? "\r\033[K" : "");
-        };
-        const auto now = [] { return std::chrono::steady_clock::now(); };
-        const auto secs = [&](auto t0) {
-            return std::chrono::duration<double>(now() - t0).count();
-        };
+        example::progress_line line(opt.quiet, 44);
+        std::string& current = line.label;
+        const auto progress = line.callback();
+        const auto now = [] { return example::clock_type::now(); };
+        const auto secs = [](auto t0) { return example::seconds_since(t0); };
 
         current = "capturing calibration inputs";
         calibration_options co{.max_windows = opt.calib_windows, .raw = true};

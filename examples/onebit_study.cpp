@@ -21,7 +21,7 @@
 #include <string_view>
 #include <vector>
 
-#include "example_args.hpp"
+#include "example_support.hpp"
 
 namespace {
 
@@ -200,33 +200,14 @@ int main(int argc, char** argv) {
     options opt;
     example::args cl(argc, argv, "onebit_study");
     while (cl.next()) {
+        if (example::read_shared_flag(cl, opt)) continue;
         const std::string_view a = cl.flag();
-        if (a == "--model")
-            opt.model = cl.value();
-        else if (a == "--test")
-            opt.test = cl.value();
-        else if (a == "--calib")
-            opt.calib = cl.value();
-        else if (a == "--windows")
-            opt.windows = cl.integer<std::size_t>();
-        else if (a == "--calib-windows")
-            opt.calib_windows = cl.integer<std::size_t>();
-        else if (a == "--iterations")
+        if (a == "--iterations")
             opt.iterations = cl.integer<int>();
         else if (a == "--oa-linears")
             opt.oa_linears = cl.list();
         else if (a == "--methods")
             opt.methods = cl.list();
-        else if (a == "--seed")
-            opt.seed = cl.integer<std::uint64_t>();
-        else if (a == "--act-clip")
-            opt.act_clip = cl.real<float>();
-        else if (a == "--csv")
-            opt.csv = true;
-        else if (a == "--quiet")
-            opt.quiet = true;
-        else if (a == "--svg")
-            opt.svg = cl.value();
         else if (a == "--help" || a == "-h") {
             usage();
             return 0;
@@ -260,18 +241,12 @@ int main(int argc, char** argv) {
             opt.calib_windows ? std::min(opt.calib_windows, calib.size() / T) : calib.size() / T;
         const llama_weights weights = llama_weights::from(ckpt);
         const llama_model fp32 = float_model(weights);
-        const bool tty = !opt.quiet;
-        std::string current;
-        const auto progress = [&](std::size_t done, std::size_t total) {
-            if (tty)
-                std::fprintf(stderr, "\r%-44s %zu/%zu%s", current.c_str(), done, total,
-                             done == total ? "\r\033[K" : "");
-        };
-        const auto now = [] { return std::chrono::steady_clock::now(); };
+        example::progress_line line(opt.quiet, 44);
+        std::string& current = line.label;
+        const auto progress = line.callback();
+        const auto now = [] { return example::clock_type::now(); };
         const auto t_start = now();
-        const auto secs = [&](auto t0) {
-            return std::chrono::duration<double>(now() - t0).count();
-        };
+        const auto secs = [](auto t0) { return example::seconds_since(t0); };
 
         current = "float reference logits";
         const reference_logits ref(fp32, test, opt.windows, progress);

@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "example_args.hpp"
+#include "example_support.hpp"
 
 using namespace qift;
 

@@ -25,7 +25,7 @@
 #include <utility>
 #include <vector>
 
-#include "example_args.hpp"
+#include "example_support.hpp"
 
 namespace {
 
@@ -80,10 +80,8 @@ void usage() {
         "of E relative to SmoothRot alpha 0.5 and of the end-to-end perplexity change.");
 }
 
-using clock_type = std::chrono::steady_clock;
-double seconds_since(clock_type::time_point t0) {
-    return std::chrono::duration<double>(clock_type::now() - t0).count();
-}
+using example::clock_type;
+using example::seconds_since;
 
 // ---------------------------------------------------------------------------------------
 // Policies and the per-layer study
@@ -572,18 +570,9 @@ int main(int argc, char** argv) {
     options opt;
     example::args cl(argc, argv, "smooth_study");
     while (cl.next()) {
+        if (example::read_shared_flag(cl, opt)) continue;
         const std::string_view a = cl.flag();
-        if (a == "--model")
-            opt.model = cl.value();
-        else if (a == "--test")
-            opt.test = cl.value();
-        else if (a == "--calib")
-            opt.calib = cl.value();
-        else if (a == "--windows")
-            opt.windows = cl.integer<std::size_t>();
-        else if (a == "--calib-windows")
-            opt.calib_windows = cl.integer<std::size_t>();
-        else if (a == "--heldout-windows")
+        if (a == "--heldout-windows")
             opt.heldout_windows = cl.integer<std::size_t>();
         else if (a == "--gptq-windows")
             opt.gptq_windows = cl.integer<std::size_t>();
@@ -595,10 +584,6 @@ int main(int argc, char** argv) {
             opt.steps = cl.integer<int>();
         else if (a == "--lr")
             opt.learning_rate = cl.real<double>();
-        else if (a == "--seed")
-            opt.seed = cl.integer<std::uint64_t>();
-        else if (a == "--act-clip")
-            opt.act_clip = cl.real<float>();
         else if (a == "--reuse-int4-scales")
             opt.reuse_int4 = true;
         else if (a == "--model-quantizers")
@@ -607,12 +592,6 @@ int main(int argc, char** argv) {
             opt.end_to_end = false;
         else if (a == "--no-synthetic")
             opt.synthetic = false;
-        else if (a == "--csv")
-            opt.csv = true;
-        else if (a == "--quiet")
-            opt.quiet = true;
-        else if (a == "--svg")
-            opt.svg = cl.value();
         else if (a == "--help" || a == "-h") {
             usage();
             return 0;
@@ -659,12 +638,9 @@ int main(int argc, char** argv) {
             });
         const llama_weights weights = llama_weights::from(ckpt);
 
-        std::string current;
-        const auto progress = [&](std::size_t done, std::size_t total) {
-            if (!opt.quiet)
-                std::fprintf(stderr, "\r%-50s %zu/%zu%s", current.c_str(), done, total,
-                             done == total ? "\r\033[K" : "");
-        };
+        example::progress_line line(opt.quiet, 50);
+        std::string& current = line.label;
+        const auto progress = line.callback();
         const auto note = [&](const std::string& what) {
             current = what;
             if (!opt.quiet) std::fprintf(stderr, "\r%-50s\r", what.c_str());

@@ -24,7 +24,7 @@
 #if __has_include(<sys/resource.h>)
 #include <sys/resource.h>
 
-#include "example_args.hpp"
+#include "example_support.hpp"
 #endif
 
 namespace {
@@ -233,35 +233,16 @@ int main(int argc, char** argv) {
     options opt;
     example::args cl(argc, argv, "w2a4kv4");
     while (cl.next()) {
+        if (example::read_shared_flag(cl, opt)) continue;
         const std::string_view a = cl.flag();
-        if (a == "--model")
-            opt.model = cl.value();
-        else if (a == "--test")
-            opt.test = cl.value();
-        else if (a == "--calib")
-            opt.calib = cl.value();
-        else if (a == "--windows")
-            opt.windows = cl.integer<std::size_t>();
-        else if (a == "--calib-windows")
-            opt.calib_windows = cl.integer<std::size_t>();
-        else if (a == "--seed")
-            opt.seed = cl.integer<std::uint64_t>();
-        else if (a == "--act-clip")
-            opt.act_clip = cl.real<float>();
-        else if (a == "--sets")
+        if (a == "--sets")
             opt.sets = cl.list();
         else if (a == "--sweep-sets")
             opt.sweep_sets = cl.list();
         else if (a == "--sweep")
             opt.sweep = cl.integer_list<int>();
-        else if (a == "--csv")
-            opt.csv = true;
-        else if (a == "--quiet")
-            opt.quiet = true;
         else if (a == "--activation-stats")
             opt.activation_stats = true;
-        else if (a == "--svg")
-            opt.svg = cl.value();
         else if (a == "--help" || a == "-h") {
             usage();
             return 0;
@@ -290,17 +271,11 @@ int main(int argc, char** argv) {
         const llama_weights rotated = quarot(weights, {.seed = opt.seed});
         const input_quantization a4 = input_quantization::a4_per_token(opt.act_clip);
         const kv_format kv4 = kv_format::kv4_asymmetric();
-        const bool tty = !opt.quiet;
-        std::string current;
-        const auto progress = [&](std::size_t done, std::size_t total) {
-            if (tty)
-                std::fprintf(stderr, "\r%-40s %zu/%zu%s", current.c_str(), done, total,
-                             done == total ? "\r\033[K" : "");
-        };
-        const auto now = [] { return std::chrono::steady_clock::now(); };
-        const auto secs = [&](auto t0) {
-            return std::chrono::duration<double>(now() - t0).count();
-        };
+        example::progress_line line(opt.quiet, 40);
+        std::string& current = line.label;
+        const auto progress = line.callback();
+        const auto now = [] { return example::clock_type::now(); };
+        const auto secs = [](auto t0) { return example::seconds_since(t0); };
 
         if (opt.activation_stats) {
             print_activation_stats(weights, rotated, calib,

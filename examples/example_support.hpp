@@ -1,20 +1,23 @@
 // SPDX-License-Identifier: MIT
-// Command-line reading shared by the examples: flags, their values, and numbers checked in full
-// (a bad value ends the program with "<program>: <flag> expects ..., got '<text>'" on stderr and
-// exit status 2, instead of an uncaught std::invalid_argument or a negative count wrapped to a
-// huge one by std::stoul).
+// What the examples share: command-line reading (flags, their values, and numbers checked in
+// full: a bad value ends the program with "<program>: <flag> expects ..., got '<text>'" on
+// stderr and exit status 2, instead of an uncaught std::invalid_argument or a negative count
+// wrapped to a huge one by std::stoul), the one-line progress report and the step timer.
 #pragma once
 
 #include <algorithm>
 #include <charconv>
+#include <chrono>
 #include <cmath>
 #include <concepts>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <limits>
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <type_traits>
 #include <vector>
 
 namespace example {
@@ -110,6 +113,73 @@ class args {
     std::string_view program_;
     int i_ = 0;     // the last argument read
     int flag_ = 0;  // the current flag
+};
+
+/// The flags the model studies share, read into whichever of these members Options has:
+/// --model, --test, --calib (paths), --windows, --calib-windows (counts), --seed, --act-clip,
+/// --csv, --quiet, --svg. True when the current flag was one of them (its value consumed).
+template <class Options>
+bool read_shared_flag(args& cl, Options& opt) {
+    const auto text = [&](std::string& member) {
+        member = cl.value();
+        return true;
+    };
+    const auto number = [&](auto& member) {
+        using T = std::remove_cvref_t<decltype(member)>;
+        if constexpr (std::is_floating_point_v<T>)
+            member = cl.real<T>();
+        else
+            member = cl.integer<T>();
+        return true;
+    };
+    if constexpr (requires { opt.model; })
+        if (cl.is("--model")) return text(opt.model);
+    if constexpr (requires { opt.test; })
+        if (cl.is("--test")) return text(opt.test);
+    if constexpr (requires { opt.calib; })
+        if (cl.is("--calib")) return text(opt.calib);
+    if constexpr (requires { opt.svg; })
+        if (cl.is("--svg")) return text(opt.svg);
+    if constexpr (requires { opt.windows; })
+        if (cl.is("--windows")) return number(opt.windows);
+    if constexpr (requires { opt.calib_windows; })
+        if (cl.is("--calib-windows")) return number(opt.calib_windows);
+    if constexpr (requires { opt.seed; })
+        if (cl.is("--seed")) return number(opt.seed);
+    if constexpr (requires { opt.act_clip; })
+        if (cl.is("--act-clip")) return number(opt.act_clip);
+    if constexpr (requires { opt.csv; })
+        if (cl.is("--csv")) return opt.csv = true;
+    if constexpr (requires { opt.quiet; })
+        if (cl.is("--quiet")) return opt.quiet = true;
+    return false;
+}
+
+using clock_type = std::chrono::steady_clock;
+
+/// Seconds on the steady clock since t0.
+inline double seconds_since(clock_type::time_point t0) {
+    return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+/// The one-line progress report of the long steps: "<label> done/total" on stderr, rewritten in
+/// place and erased when done == total; nothing when quiet. Set `label` before each step and
+/// hand `callback()` to the library's progress options (it refers to this object).
+struct progress_line {
+    explicit progress_line(bool quiet_, int width_ = 44) : quiet(quiet_), width(width_) {}
+
+    bool quiet;
+    int width;  ///< columns of the label
+    std::string label;
+
+    void operator()(std::size_t done, std::size_t total) const {
+        if (!quiet)
+            std::fprintf(stderr, "\r%-*s %zu/%zu%s", width, label.c_str(), done, total,
+                         done == total ? "\r\033[K" : "");
+    }
+    std::function<void(std::size_t, std::size_t)> callback() const {
+        return [this](std::size_t done, std::size_t total) { (*this)(done, total); };
+    }
 };
 
 }  // namespace example
