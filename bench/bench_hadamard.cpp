@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Single-thread float32 Hadamard transform against the textbook radix-2 loop and (n = K·2^m)
-// the previous dense block-mix path, compiled in the same binary: ns/transform, ns/element, the
-// speedups, and the ratio to the power of two nearest n measured earlier in the same run.
+// the previous dense block-mix path and the path before the Rader and narrow-panel DFT forms,
+// compiled in the same binary: ns/transform, ns/element, the speedups (vs_previous, vs_before),
+// and the ratio to the power of two nearest n measured earlier in the same run.
 #include <qift/hadamard.hpp>
 
 #include <benchmark/benchmark.h>
@@ -93,6 +94,29 @@ struct previous_path {
     }
 };
 
+// The qift path before the Rader and narrow-panel DFT forms, in the same binary: the cached plan
+// with those forms switched off, so prime-field Paley cores (18944 = 148·128) run the dense mix
+// and GF(p^r) cores on panels under 2W columns (688 = 344·2) the narrow GEMV.
+struct before_fast_forms {
+    qift::detail::hadamard_plan plan;
+
+    explicit before_fast_forms(std::size_t n) : plan(*qift::detail::hadamard_plan_for(n)) {
+        for (qift::detail::kron_block& b : plan.blocks) {
+            b.rader_radix.clear();
+            b.dft_narrow = false;
+        }
+    }
+
+    void operator()(float* x) const {
+        qift::detail::apply_hadamard_plan<xsimd::default_arch>(plan, x, false, 1.0f);
+    }
+};
+
+std::map<std::size_t, double>& before_ns() {
+    static std::map<std::size_t, double> m;
+    return m;
+}
+
 std::map<std::size_t, double>& previous_ns() {
     static std::map<std::size_t, double> m;
     return m;
@@ -166,6 +190,13 @@ void bench_previous(benchmark::State& state, std::size_t n) {
     previous_ns()[n] = run(state, n, [&p](float* x) { p(x); });
 }
 
+void bench_before(benchmark::State& state, std::size_t n) {
+    const before_fast_forms p(n);
+    const double ns = run(state, n, [&p](float* x) { p(x); });
+    before_ns()[n] = ns;
+    ratio_to_pow2(state, n, ns);
+}
+
 template <class Arch>
 void bench_qift(benchmark::State& state, std::size_t n) {
     const double ns = run(state, n, [n](float* x) {
@@ -175,6 +206,9 @@ void bench_qift(benchmark::State& state, std::size_t n) {
         state.counters["speedup"] = it->second / ns;
     if (auto it = previous_ns().find(n); it != previous_ns().end())
         state.counters["vs_previous"] = it->second / ns;
+    if (auto it = before_ns().find(n);
+        it != before_ns().end() && std::is_same_v<Arch, xsimd::default_arch>)
+        state.counters["vs_before"] = it->second / ns;
     if (is_power_of_two(n) && std::is_same_v<Arch, xsimd::default_arch>)
         pow2_ns_per_element()[n] = ns / static_cast<double>(n);
     else
@@ -198,15 +232,19 @@ int main(int argc, char** argv) {
     // Powers of two first: the other sizes report their ratio to the nearest one (x_pow2).
     std::vector<std::size_t> sizes;
     for (std::size_t n = 128; n <= 65536; n *= 2) sizes.push_back(n);
-    for (std::size_t n : {11008u, 14336u, 13824u, 18944u, 28672u, 172u, 688u}) sizes.push_back(n);
+    for (std::size_t n : {11008u, 14336u, 13824u, 18944u, 28672u, 172u, 688u, 1376u, 4864u, 5120u})
+        sizes.push_back(n);
     using qift::rotation_construction;
     for (std::size_t n : sizes) {
         const std::string suffix = std::string("/").append(std::to_string(n));
         if (qift::is_hadamard_size(n)) {
             benchmark::RegisterBenchmark(("textbook" + suffix).c_str(), bench_textbook, n);
-            if (!is_power_of_two(n))
+            if (!is_power_of_two(n)) {
                 benchmark::RegisterBenchmark(("previous_dense_mix" + suffix).c_str(),
                                              bench_previous, n);
+                benchmark::RegisterBenchmark(("qift_before_rader_narrow" + suffix).c_str(),
+                                             bench_before, n);
+            }
             benchmark::RegisterBenchmark(("qift" + suffix).c_str(), bench_qift<xsimd::default_arch>,
                                          n);
 #if XSIMD_WITH_AVX512F && XSIMD_WITH_FMA3_AVX2

@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <complex>
 #include <cstdint>
 #include <cstdio>
 #include <limits>
@@ -15,6 +16,35 @@
 #include <vector>
 
 namespace {
+
+// Runs check.template operator()<Arch>() in a SUBCASE for each instruction set compiled in:
+// AVX-512F, FMA3+AVX2, AVX2, SSE2 (those this build's flags allow) and xsimd's default.
+template <class Check>
+void on_every_target(const Check& check) {
+#if XSIMD_WITH_AVX512F
+    SUBCASE("avx512f") {
+        check.template operator()<xsimd::avx512f>();
+    }
+#endif
+#if XSIMD_WITH_FMA3_AVX2
+    SUBCASE("fma3<avx2>") {
+        check.template operator()<xsimd::fma3<xsimd::avx2>>();
+    }
+#endif
+#if XSIMD_WITH_AVX2
+    SUBCASE("avx2") {
+        check.template operator()<xsimd::avx2>();
+    }
+#endif
+#if XSIMD_WITH_SSE2
+    SUBCASE("sse2") {
+        check.template operator()<xsimd::sse2>();
+    }
+#endif
+    SUBCASE("default_arch") {
+        check.template operator()<xsimd::default_arch>();
+    }
+}
 
 std::vector<float> random_vector(std::size_t n, std::uint32_t seed) {
     std::mt19937 gen(seed);
@@ -163,9 +193,11 @@ TEST_CASE("hadamard: unsupported sizes throw naming the nearest supported ones")
 }
 
 TEST_CASE("hadamard: the transform equals the product with the explicit matrix") {
-    std::vector<std::size_t> sizes = {1,    2,   4,  8,  16, 32,  64,  128,     256,    512,
-                                      1024, 12,  20, 28, 36, 40,  52,  60,      108,    140,
-                                      144,  148, 24, 88, 96, 344, 688, 148 * 4, 28 * 16};
+    std::vector<std::size_t> sizes = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 12, 20, 28, 36,
+                                      40, 52, 60, 108, 140, 144, 148, 24, 88, 96, 344, 688, 148 * 4,
+                                      28 * 16,
+                                      // Rader cores on wide and narrow panels, narrow GF(7³).
+                                      44 * 64, 68 * 32, 132 * 16, 76 * 2, 1376};
     for (std::size_t n : sizes) {
         CAPTURE(n);
         const qift::matrix<float> h = qift::hadamard_matrix(n);
@@ -234,34 +266,12 @@ void check_kernels_against_reference() {
 }  // namespace
 
 TEST_CASE("hadamard: SIMD kernels match the scalar references on every compiled target") {
-#if XSIMD_WITH_AVX512F
-    SUBCASE("avx512f") {
-        check_kernels_against_reference<xsimd::avx512f>();
-    }
-#endif
-#if XSIMD_WITH_FMA3_AVX2
-    SUBCASE("fma3<avx2>") {
-        check_kernels_against_reference<xsimd::fma3<xsimd::avx2>>();
-    }
-#endif
-#if XSIMD_WITH_AVX2
-    SUBCASE("avx2") {
-        check_kernels_against_reference<xsimd::avx2>();
-    }
-#endif
-#if XSIMD_WITH_SSE2
-    SUBCASE("sse2") {
-        check_kernels_against_reference<xsimd::sse2>();
-    }
-#endif
-    SUBCASE("default_arch") {
-        check_kernels_against_reference<xsimd::default_arch>();
-    }
+    on_every_target([]<class Arch>() { check_kernels_against_reference<Arch>(); });
 }
 
 TEST_CASE("hadamard: norm preserved and inverse round trip for the LLM sizes") {
-    for (std::size_t n :
-         {256u, 4096u, 5120u, 8192u, 11008u, 13824u, 14336u, 18944u, 28672u, 65536u}) {
+    for (std::size_t n : {256u, 4096u, 5120u, 8192u, 11008u, 13824u, 14336u, 18944u, 28672u, 65536u,
+                          688u, 1376u, 2752u, 4864u, 8704u, 16896u}) {
         CAPTURE(n);
         const std::vector<float> x = random_vector(n, static_cast<std::uint32_t>(n));
         std::vector<float> y = x;
@@ -556,7 +566,7 @@ void check_any_size_kernels() {
         }
     }
     // Whole blocks (pairs, DFT, dense and narrow forms) against the dense Paley matrix.
-    for (std::size_t c : {12u, 20u, 36u, 52u, 76u, 148u, 244u, 340u, 344u}) {
+    for (std::size_t c : {12u, 20u, 36u, 44u, 52u, 68u, 76u, 124u, 132u, 148u, 244u, 340u, 344u}) {
         const qift::detail::kron_block b = qift::detail::make_paley_block(c);
         const std::vector<std::int8_t> hp = qift::detail::paley_matrix(c);
         for (bool transpose : {false, true})
@@ -585,24 +595,214 @@ TEST_CASE("hadamard: the any-size kernels match their scalar references on every
     CHECK(qift::detail::make_paley_block(344).dft_p == 7);
     CHECK(qift::detail::make_paley_block(148).pairs);
     CHECK(qift::detail::make_paley_block(340).dft_p == 13);
-#if XSIMD_WITH_AVX512F
-    SUBCASE("avx512f") {
-        check_any_size_kernels<xsimd::avx512f>();
+    on_every_target([]<class Arch>() { check_any_size_kernels<Arch>(); });
+}
+
+namespace {
+
+// The paley_core of a field GF(q) used as kind 1 (Paley I) or 2 (Paley II), and its dense core
+// (transposed when asked) as floats.
+qift::detail::paley_core field_core(int kind, std::size_t q) {
+    qift::detail::paley_core pc;
+    pc.kind = kind;
+    pc.q = q;
+    const auto pk = *qift::detail::as_prime_power(q);
+    pc.p = pk.p;
+    pc.r = pk.k;
+    pc.chi = qift::detail::galois_field(pk).quadratic_character();
+    return pc;
+}
+
+std::vector<float> dense_core(const qift::detail::paley_core& pc, bool transpose) {
+    const qift::detail::galois_field field(qift::detail::prime_power{pc.p, pc.r});
+    const std::vector<std::int8_t> core = pc.matrix(field);
+    const std::size_t m = pc.order();
+    std::vector<float> h(m * m);
+    for (std::size_t i = 0; i < m; ++i)
+        for (std::size_t j = 0; j < m; ++j)
+            h[i * m + j] = transpose ? core[j * m + i] : core[i * m + j];
+    return h;
+}
+
+template <class Arch>
+void check_fast_core_kernels() {
+    constexpr std::size_t w = xsimd::batch<float, Arch>::size;
+    // Every DFT codelet, forward and inverse, on three rows of W complex lanes each, rows at a
+    // stride of 3 rows (the other rows untouched), against the double DFT of each lane.
+    for (std::size_t p : {2u, 3u, 4u, 5u, 7u, 8u, 9u, 11u, 13u}) {
+        REQUIRE(qift::detail::dft_codelets::supports(p));
+        for (bool inverse : {false, true}) {
+            CAPTURE(p);
+            CAPTURE(inverse);
+            const std::size_t stride = 2 * w, rows = 3 * p;
+            const std::vector<float> x =
+                random_vector(rows * stride, static_cast<std::uint32_t>(p));
+            std::vector<float> a = x;
+            if (inverse)
+                qift::detail::dft_codelets::pass<Arch, true>(p, a.data() + stride, p, 1,
+                                                             3 * stride);
+            else
+                qift::detail::dft_codelets::pass<Arch, false>(p, a.data() + stride, p, 1,
+                                                              3 * stride);
+            // Rows 1, 4, 7, ... form the DFT; rows 0, 2, 3, 5, ... are untouched.
+            double err = 0, ref = 0;
+            for (std::size_t lane = 0; lane < w; ++lane) {
+                std::vector<std::complex<double>> v(p);
+                for (std::size_t t = 0; t < p; ++t) {
+                    const float* row = x.data() + (1 + 3 * t) * stride;
+                    v[t] = {row[lane], row[w + lane]};
+                }
+                qift::detail::dft_reference(v.data(), p, inverse);
+                for (std::size_t t = 0; t < p; ++t) {
+                    const float* row = a.data() + (1 + 3 * t) * stride;
+                    err += std::norm(std::complex<double>(row[lane], row[w + lane]) - v[t]);
+                    ref += std::norm(v[t]);
+                }
+            }
+            CHECK(std::sqrt(err / ref) < 1e-6);
+            for (std::size_t r = 0; r < rows; ++r)
+                if (r % 3 != 1)
+                    for (std::size_t c = 0; c < stride; ++c)
+                        REQUIRE(a[r * stride + c] == x[r * stride + c]);
+        }
     }
-#endif
-#if XSIMD_WITH_FMA3_AVX2
-    SUBCASE("fma3<avx2>") {
-        check_any_size_kernels<xsimd::fma3<xsimd::avx2>>();
+    // The Rader form of prime fields (q - 1 = 2·5, 4·3, 2·9, 4·9, 2·3·7, 2·3·11, 8·9, 2·5·13)
+    // against the dense core, forward and transposed, in place and out of place, on the first
+    // c_end columns of wider panels.
+    const std::pair<int, std::size_t> primes[] = {{1, 11}, {2, 13}, {1, 19}, {2, 37},
+                                                  {1, 43}, {1, 67}, {2, 73}, {1, 131}};
+    for (const auto& field : primes) {
+        const int kind = field.first;
+        const std::size_t q = field.second;
+        const qift::detail::paley_core pc = field_core(kind, q);
+        const auto form = qift::detail::make_rader_form(
+            pc, [](std::size_t len) { return qift::detail::dft_codelets::supports(len); });
+        REQUIRE(form.has_value());
+        const std::size_t m = pc.order();
+        std::vector<float> chi(q), mul(2 * (q - 1));
+        for (std::size_t a = 0; a < q; ++a) chi[a] = static_cast<float>(pc.chi[a]);
+        for (std::size_t u = 0; u + 1 < q; ++u) {
+            mul[2 * u] =
+                static_cast<float>(form->eigenvalues[u].real() / static_cast<double>(q - 1));
+            mul[2 * u + 1] =
+                static_cast<float>(form->eigenvalues[u].imag() / static_cast<double>(q - 1));
+        }
+        for (bool transpose : {false, true}) {
+            const int chi_m1 = pc.chi[q - 1];
+            qift::detail::jacobsthal_rader_params prm;
+            prm.q = q;
+            prm.radix = form->radix.data();
+            prm.axes = form->radix.size();
+            prm.slot = form->slot.data();
+            prm.alternating_slot = form->alternating_slot;
+            prm.chi = chi.data();
+            prm.mul = mul.data();
+            prm.tau = transpose ? pc.sigma() : 1;
+            prm.sigma = transpose ? 1 : pc.sigma();
+            prm.eps = transpose ? chi_m1 : 1;
+            const std::vector<float> h = dense_core(pc, transpose);
+            for (std::size_t cols : {2 * w, 4 * w + 3, 6 * w}) {
+                CAPTURE(q);
+                CAPTURE(transpose);
+                CAPTURE(cols);
+                const std::size_t c_end = cols / (2 * w) * (2 * w);
+                const std::vector<float> x = random_vector(m * cols, static_cast<std::uint32_t>(q));
+                std::vector<float> ref(m * cols), a = x, b(m * cols, 5.0f);
+                std::vector<float> work((q - 1) * 2 * w);
+                qift::detail::hadamard_mix_reference(h.data(), m, x.data(), ref.data(), cols);
+                qift::detail::jacobsthal_rader_kernel{}(Arch{}, prm, a.data(), a.data(), cols,
+                                                        c_end, work.data());
+                qift::detail::jacobsthal_rader_kernel{}(Arch{}, prm, x.data(), b.data(), cols,
+                                                        c_end, work.data());
+                double err = 0, err_b = 0, s = 0;
+                for (std::size_t i = 0; i < m; ++i)
+                    for (std::size_t c = 0; c < cols; ++c) {
+                        const std::size_t at = i * cols + c;
+                        if (c < c_end) {
+                            err += (a[at] - ref[at]) * (a[at] - ref[at]);
+                            err_b += (b[at] - ref[at]) * (b[at] - ref[at]);
+                            s += ref[at] * ref[at];
+                        } else {
+                            REQUIRE(a[at] == x[at]);
+                            REQUIRE(b[at] == 5.0f);
+                        }
+                    }
+                CHECK(std::sqrt(err / s) < 2e-6);
+                CHECK(std::sqrt(err_b / s) < 2e-6);
+            }
+        }
     }
-#endif
-#if XSIMD_WITH_SSE2
-    SUBCASE("sse2") {
-        check_any_size_kernels<xsimd::sse2>();
+    // The narrow GF(p^r) kernel against the dense core on odd column counts and column ranges
+    // (pairs, a last single column) inside wider panels.
+    const std::pair<int, std::size_t> fields[] = {{1, 27},  {2, 49},  {2, 81}, {2, 125},
+                                                  {2, 169}, {1, 243}, {1, 343}};
+    for (const auto& field : fields) {
+        const int kind = field.first;
+        const std::size_t q = field.second;
+        const qift::detail::paley_core pc = field_core(kind, q);
+        const std::size_t m = pc.order(), lanes = qift::detail::narrow_dft_lanes(pc.p);
+        for (bool transpose : {false, true}) {
+            const double eps = transpose && kind == 1 ? -1.0 : 1.0;
+            const auto k = qift::detail::jacobsthal_partial_kernel(pc, 1.0, eps);
+            std::vector<float> conv(q * 2 * lanes, 0.0f);
+            for (std::size_t u = 0; u < q / pc.p; ++u)
+                for (std::size_t b = 0; b < pc.p; ++b)
+                    for (std::size_t a = 0; a < pc.p; ++a) {
+                        const auto v = k[u * pc.p + (a + pc.p - b) % pc.p];
+                        conv[(u * pc.p + b) * 2 * lanes + a] = static_cast<float>(v.real());
+                        conv[(u * pc.p + b) * 2 * lanes + lanes + a] = static_cast<float>(v.imag());
+                    }
+            qift::detail::jacobsthal_dft_narrow_params prm;
+            prm.p = pc.p;
+            prm.r = pc.r;
+            prm.q = q;
+            prm.tau = transpose ? pc.sigma() : 1;
+            prm.sigma = transpose ? 1 : pc.sigma();
+            prm.conv = conv.data();
+            const std::vector<float> h = dense_core(pc, transpose);
+            std::vector<float> work(
+                qift::detail::jacobsthal_dft_narrow_kernel::work_floats(pc.p, q));
+            for (const auto& range : {std::pair<std::size_t, std::size_t>{1, 0},
+                                      {2, 0},
+                                      {3, 0},
+                                      {5, 0},
+                                      {7, 2},
+                                      {9, 4}}) {
+                const std::size_t cols = range.first, c0 = range.second;
+                CAPTURE(q);
+                CAPTURE(transpose);
+                CAPTURE(cols);
+                CAPTURE(c0);
+                const std::vector<float> x =
+                    random_vector(m * cols, static_cast<std::uint32_t>(q + cols));
+                std::vector<float> ref(m * cols), a = x;
+                qift::detail::hadamard_mix_reference(h.data(), m, x.data(), ref.data(), cols);
+                qift::detail::jacobsthal_dft_narrow_kernel{}(Arch{}, prm, a.data(), cols, c0, cols,
+                                                             work.data());
+                double err = 0, s = 0;
+                for (std::size_t i = 0; i < m; ++i)
+                    for (std::size_t c = 0; c < cols; ++c) {
+                        const std::size_t at = i * cols + c;
+                        if (c < c0) {
+                            REQUIRE(a[at] == x[at]);
+                            continue;
+                        }
+                        err += (a[at] - ref[at]) * (a[at] - ref[at]);
+                        s += ref[at] * ref[at];
+                    }
+                CHECK(std::sqrt(err / s) < 2e-6);
+            }
+        }
     }
-#endif
-    SUBCASE("default_arch") {
-        check_any_size_kernels<xsimd::default_arch>();
-    }
+}
+
+}  // namespace
+
+TEST_CASE("hadamard: the Rader, narrow DFT and codelet kernels match the dense cores") {
+    CHECK(!qift::detail::make_paley_block(148).rader_radix.empty());
+    CHECK(qift::detail::make_paley_block(344).dft_narrow);
+    CHECK(qift::detail::make_paley_block(108).rader_radix.empty());  // 106 = 2·53: dense
+    on_every_target([]<class Arch>() { check_fast_core_kernels<Arch>(); });
 }
 
 namespace {
@@ -629,8 +829,10 @@ std::vector<int> block_product(const std::vector<std::size_t>& blocks, std::size
 TEST_CASE("hadamard: the fast transform equals H_K ⊗ H_L at the LLM sizes, sampled rows") {
     // 11008 = 344·32 (DFT over GF(7³)), 10880 = 340·32 (Paley II pairs + DFT over GF(13²)),
     // 15616 = 244·64 (DFT over GF(3⁵)), 1376 = 344·4 (narrow), 13824 = 12³·8 (gathered),
-    // 18944 = 148·128 (Paley II pairs, dense core), 14336 = 28·512.
-    for (std::size_t n : {11008u, 10880u, 15616u, 1376u, 13824u, 18944u, 14336u}) {
+    // 18944 = 148·128 (Paley II pairs, Rader core), 14336 = 28·512.
+    // Rader form: 18944 (8·9), 4864 = 76·64 (4·9), 8704 = 68·128 (2·3·11); narrow GF(7³): 688.
+    for (std::size_t n :
+         {11008u, 10880u, 15616u, 1376u, 13824u, 18944u, 14336u, 4864u, 8704u, 688u}) {
         CAPTURE(n);
         const auto f = qift::find_hadamard_factorization(n);
         REQUIRE(f.has_value());

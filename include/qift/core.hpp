@@ -173,7 +173,14 @@ namespace detail {
 
 /// The per-call work buffers that qift keeps per thread instead of allocating on every call
 /// (one slot per buffer that is in use at the same time as another).
-enum class scratch_slot { attention_scores, attention_rows, attention_queries, float_activations };
+enum class scratch_slot {
+    attention_scores,
+    attention_rows,
+    attention_queries,
+    float_activations,
+    hadamard_dft_narrow,
+    hadamard_rader
+};
 
 /// A `buffer_alignment`-aligned buffer of at least n floats, contents unspecified, owned by the
 /// calling thread and handed out again to its later calls with the same slot: the hot paths of

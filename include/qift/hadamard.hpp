@@ -108,23 +108,42 @@ inline hadamard_blocks require_hadamard_size(const char* where, std::size_t n) {
 }
 
 /// One factor H_K (or Q_K) of a transform (H_K ⊗ H_L), ready for apply_kron_block: the dense
-/// coefficients of its core in the two kernel layouts, forward and transposed, and for Paley
-/// blocks over GF(p^r) with r >= 2 the DFT form of the Jacobsthal core. A Paley II block runs as
-/// the H_2 row pairs around its conference core of order K/2 (half the multiply-adds).
+/// coefficients of its core in the two kernel layouts, forward and transposed, and the fast
+/// forms of a Paley block's Jacobsthal core where they pay: over GF(p^r) with r >= 2 the DFT
+/// form (wide panels) and the partial-DFT table of the narrow kernel (panels under 2W columns);
+/// over a prime field the Rader form (wide panels). A Paley II block runs as the H_2 row pairs
+/// around its conference core of order K/2 (half the multiply-adds).
 struct kron_block {
     std::size_t order = 0;  ///< K
     bool pairs = false;     ///< Paley II: core = C + I of order K/2 on row pairs
     std::size_t core = 0;   ///< order of the core matrix (K, or K/2 with pairs)
-    std::array<aligned_vector<float>, 2> packed, narrow;  ///< [0] core, [1] its transpose
-    std::size_t dft_p = 0;                                ///< 0: no DFT form
+    std::array<aligned_vector<float>, 2> packed, narrow;   ///< [0] core, [1] its transpose
+    std::array<int, 2> tau{1, 1}, sigma{1, 1}, eps{1, 1};  ///< the core's border and ±Q
+    // GF(p^r), r >= 2: jacobsthal_dft_kernel.
+    std::size_t dft_p = 0;  ///< 0: no DFT form
     unsigned dft_r = 0;
-    std::array<int, 2> tau{1, 1}, sigma{1, 1};
     std::array<aligned_vector<float>, 2> dft_mul;
+    // GF(p^r), r >= 2: jacobsthal_dft_narrow_kernel (its table per direction).
+    bool dft_narrow = false;
+    std::array<aligned_vector<float>, 2> dft_conv;
+    // GF(q), q prime: jacobsthal_rader_kernel.
+    std::vector<std::size_t> rader_radix;  ///< empty: no Rader form
+    std::vector<std::uint32_t> rader_slot;
+    std::size_t rader_alternating_slot = 0;
+    aligned_vector<float> rader_chi, rader_mul;
 };
 
 /// Smallest Jacobsthal core order run by the DFT instead of the dense mix (below it the dense
 /// register-blocked mix is as fast).
 inline constexpr std::size_t jacobsthal_dft_min_order = 64;
+
+/// Smallest prime-field core order run in Rader form instead of the dense mix: the crossover.
+/// Measured with AVX-512 on 64-column panels, time of the dense mix / the Rader form for the
+/// block: 12 (q = 11): 0.7, 20 (q = 19): 0.9, 24 (Paley II, core 12): 1.0, 76 (Paley II, core
+/// 38, q - 1 = 4·9): 1.4, 44 (q - 1 = 2·3·7): 1.6, 148 (core 74, 8·9): 1.7, 68 (2·3·11): 2.2,
+/// 132 (2·5·13): 3.3. The Rader form costs about the same per element at every order (the
+/// DFT passes over q - 1 = 2..13-smooth axes), the dense mix grows with the order.
+inline constexpr std::size_t jacobsthal_rader_min_order = 32;
 
 inline kron_block make_dense_block(const std::vector<float>& h, std::size_t k) {
     kron_block b;
@@ -142,8 +161,10 @@ inline kron_block make_dense_block(const std::vector<float>& h, std::size_t k) {
     return b;
 }
 
-/// The block of Paley order c: its bordered Jacobsthal core (paley_core) densely, and by DFT
-/// when q = p^r with r >= 2, p small and the core at least jacobsthal_dft_min_order.
+/// The block of Paley order c: its bordered Jacobsthal core (paley_core) densely, by DFT when
+/// q = p^r with r >= 2, p small and the core at least jacobsthal_dft_min_order, and in Rader
+/// form when q is prime, q - 1 splits into axes dft_codelets runs and the core is at least
+/// jacobsthal_rader_min_order.
 inline kron_block make_paley_block(std::size_t c) {
     const paley_core pc = make_paley_core(c);
     const galois_field field(prime_power{pc.p, pc.r});
@@ -152,22 +173,54 @@ inline kron_block make_paley_block(std::size_t c) {
     kron_block b = make_dense_block(std::vector<float>(core.begin(), core.end()), m);
     b.order = c;
     b.pairs = pc.kind == 2;
+    // Forward: [[1, 1ᵀ], [σ, I + Q]]. Transposed: Qᵀ = χ(-1)·Q, so Paley I (χ(-1) = -1) gives
+    // [[1, -1ᵀ], [1, I - Q]] and Paley II is symmetric.
+    b.tau = {1, pc.kind == 1 ? -1 : 1};
+    b.sigma = {pc.sigma(), pc.kind == 1 ? 1 : pc.sigma()};
+    b.eps = {1, pc.kind == 1 ? -1 : 1};
     if (pc.r >= 2 && jacobsthal_dft_kernel::supports(pc.p) && m >= jacobsthal_dft_min_order) {
         b.dft_p = pc.p;
         b.dft_r = pc.r;
         const auto lambda = jacobsthal_eigenvalues(pc);
-        // Forward: [[1, 1ᵀ], [σ, I + Q]]. Transposed: Paley I (Q antisymmetric) gives
-        // [[1, -1ᵀ], [1, I - Q]]; Paley II is symmetric.
-        const double eps[2] = {1.0, pc.kind == 1 ? -1.0 : 1.0};
-        b.tau = {1, pc.kind == 1 ? -1 : 1};
-        b.sigma = {pc.sigma(), pc.kind == 1 ? 1 : pc.sigma()};
         const double inv_q = 1.0 / static_cast<double>(pc.q);
+        const std::size_t lanes = narrow_dft_lanes(pc.p);
         for (std::size_t tr = 0; tr < 2; ++tr) {
+            const double eps = b.eps[tr];
             b.dft_mul[tr].resize(2 * pc.q);
             for (std::size_t u = 0; u < pc.q; ++u) {
-                const std::complex<double> v = (1.0 + eps[tr] * lambda[u]) * inv_q;
+                const std::complex<double> v = (1.0 + eps * lambda[u]) * inv_q;
                 b.dft_mul[tr][2 * u] = static_cast<float>(v.real());
                 b.dft_mul[tr][2 * u + 1] = static_cast<float>(v.imag());
+            }
+            // conv[((u·p + b)·2 + part)·L + a] = K_u(a - b).
+            const auto k = jacobsthal_partial_kernel(pc, 1.0, eps);
+            const std::size_t rows = pc.q / pc.p;
+            b.dft_conv[tr].assign(rows * pc.p * 2 * lanes, 0.0f);
+            for (std::size_t u = 0; u < rows; ++u)
+                for (std::size_t bb = 0; bb < pc.p; ++bb)
+                    for (std::size_t a = 0; a < pc.p; ++a) {
+                        const std::complex<double> v = k[u * pc.p + (a + pc.p - bb) % pc.p];
+                        float* dst = b.dft_conv[tr].data() + (u * pc.p + bb) * 2 * lanes + a;
+                        dst[0] = static_cast<float>(v.real());
+                        dst[lanes] = static_cast<float>(v.imag());
+                    }
+        }
+        b.dft_narrow = true;
+    }
+    if (pc.r == 1 && m >= jacobsthal_rader_min_order) {
+        auto form =
+            make_rader_form(pc, [](std::size_t len) { return dft_codelets::supports(len); });
+        if (form) {
+            b.rader_radix = form->radix;
+            b.rader_slot = form->slot;
+            b.rader_alternating_slot = form->alternating_slot;
+            b.rader_chi.resize(pc.q);
+            for (std::size_t a = 0; a < pc.q; ++a) b.rader_chi[a] = static_cast<float>(pc.chi[a]);
+            const double inv_n = 1.0 / static_cast<double>(pc.q - 1);
+            b.rader_mul.resize(2 * (pc.q - 1));
+            for (std::size_t u = 0; u + 1 < pc.q; ++u) {
+                b.rader_mul[2 * u] = static_cast<float>(form->eigenvalues[u].real() * inv_n);
+                b.rader_mul[2 * u + 1] = static_cast<float>(form->eigenvalues[u].imag() * inv_n);
             }
         }
     }
@@ -222,21 +275,86 @@ void apply_dense_core(const kron_block& b, std::size_t tr, const float* in, floa
         narrow_mix_kernel{}(Arch{}, b.narrow[tr].data(), b.core, in, out, cols, wide, cols);
 }
 
+/// The columns [0, wide) a wide DFT or Rader kernel takes: whole groups of 2W.
 template <class Arch>
-bool dft_applies(const kron_block& b, std::size_t cols) noexcept {
-    return b.dft_p != 0 && cols % (2 * xsimd::batch<float, Arch>::size) == 0;
+std::size_t fast_core_columns(std::size_t cols) noexcept {
+    constexpr std::size_t w2 = 2 * xsimd::batch<float, Arch>::size;
+    return cols / w2 * w2;
 }
 
+/// True when the GF(p^r) DFT forms take every column of a cols-wide panel (in place).
+template <class Arch>
+bool dft_covers(const kron_block& b, std::size_t cols) noexcept {
+    return b.dft_p != 0 && (b.dft_narrow || fast_core_columns<Arch>(cols) == cols);
+}
+
+// x <- core · x in place by the GF(p^r) DFT forms (dft_covers): the wide kernel on whole groups
+// of 2W columns, the narrow one on the rest.
 template <class Arch>
 void apply_dft_core(const kron_block& b, std::size_t tr, float* x, std::size_t cols) noexcept {
-    jacobsthal_dft_params prm;
-    prm.p = b.dft_p;
-    prm.r = b.dft_r;
+    const std::size_t wide = fast_core_columns<Arch>(cols);
+    if (wide) {
+        jacobsthal_dft_params prm;
+        prm.p = b.dft_p;
+        prm.r = b.dft_r;
+        prm.q = b.core - 1;
+        prm.tau = b.tau[tr];
+        prm.sigma = b.sigma[tr];
+        prm.mul = b.dft_mul[tr].data();
+        jacobsthal_dft_kernel{}(Arch{}, prm, x, cols, wide);
+    }
+    if (wide < cols) {
+        jacobsthal_dft_narrow_params prm;
+        prm.p = b.dft_p;
+        prm.r = b.dft_r;
+        prm.q = b.core - 1;
+        prm.tau = b.tau[tr];
+        prm.sigma = b.sigma[tr];
+        prm.conv = b.dft_conv[tr].data();
+        float* work = thread_scratch<scratch_slot::hadamard_dft_narrow>(
+            jacobsthal_dft_narrow_kernel::work_floats(prm.p, prm.q));
+        jacobsthal_dft_narrow_kernel{}(Arch{}, prm, x, cols, wide, cols, work);
+    }
+}
+
+// out = core · in on the columns [0, wide) by the Rader form; in == out allowed.
+template <class Arch>
+void apply_rader_core(const kron_block& b, std::size_t tr, const float* in, float* out,
+                      std::size_t cols, std::size_t wide) noexcept {
+    constexpr std::size_t w = xsimd::batch<float, Arch>::size;
+    jacobsthal_rader_params prm;
     prm.q = b.core - 1;
+    prm.radix = b.rader_radix.data();
+    prm.axes = b.rader_radix.size();
+    prm.slot = b.rader_slot.data();
+    prm.alternating_slot = b.rader_alternating_slot;
+    prm.chi = b.rader_chi.data();
+    prm.mul = b.rader_mul.data();
     prm.tau = b.tau[tr];
     prm.sigma = b.sigma[tr];
-    prm.mul = b.dft_mul[tr].data();
-    jacobsthal_dft_kernel{}(Arch{}, prm, x, cols);
+    prm.eps = b.eps[tr];
+    float* work = thread_scratch<scratch_slot::hadamard_rader>((prm.q - 1) * 2 * w);
+    jacobsthal_rader_kernel{}(Arch{}, prm, in, out, cols, wide, work);
+}
+
+// out = core · in on k_core × cols panels, in != out, `in` left unchanged: the fastest form for
+// each column range.
+template <class Arch>
+void apply_core(const kron_block& b, std::size_t tr, const float* in, float* out,
+                std::size_t cols) noexcept {
+    if (dft_covers<Arch>(b, cols)) {
+        std::copy_n(in, b.core * cols, out);
+        apply_dft_core<Arch>(b, tr, out, cols);
+        return;
+    }
+    const std::size_t wide = b.rader_radix.empty() ? 0 : fast_core_columns<Arch>(cols);
+    if (wide == 0) {
+        apply_dense_core<Arch>(b, tr, in, out, cols);
+        return;
+    }
+    apply_rader_core<Arch>(b, tr, in, out, cols, wide);
+    if (wide < cols)
+        narrow_mix_kernel{}(Arch{}, b.narrow[tr].data(), b.core, in, out, cols, wide, cols);
 }
 
 /// panel <- B · panel (or Bᵀ) for one block B of order K on a K×cols row-major panel;
@@ -245,23 +363,19 @@ template <class Arch>
 void apply_kron_block(const kron_block& b, float* panel, std::size_t cols, bool transpose,
                       float* scratch) noexcept {
     const std::size_t tr = transpose ? 1 : 0;
-    const std::size_t size = b.order * cols;
     if (b.pairs) {
         // H = C ⊗ H_2 + I ⊗ [[1, -1], [-1, -1]]: z = pairs(x), y = (C + I)·z - z + swap(z).
-        const std::size_t half = b.core, zcols = 2 * cols;
+        const std::size_t half = b.core;
         paley_pairs_split<Arch>(panel, scratch, half, cols);
-        if (dft_applies<Arch>(b, zcols)) {
-            std::copy_n(scratch, size, panel);
-            apply_dft_core<Arch>(b, tr, panel, zcols);
-        } else {
-            apply_dense_core<Arch>(b, tr, scratch, panel, zcols);
-        }
+        apply_core<Arch>(b, tr, scratch, panel, 2 * cols);
         paley_pairs_join<Arch>(panel, scratch, half, cols);
-    } else if (dft_applies<Arch>(b, cols)) {
+    } else if (dft_covers<Arch>(b, cols)) {
         apply_dft_core<Arch>(b, tr, panel, cols);
+    } else if (!b.rader_radix.empty() && fast_core_columns<Arch>(cols) == cols) {
+        apply_rader_core<Arch>(b, tr, panel, panel, cols, cols);
     } else {
-        apply_dense_core<Arch>(b, tr, panel, scratch, cols);
-        std::copy_n(scratch, size, panel);
+        apply_core<Arch>(b, tr, panel, scratch, cols);
+        std::copy_n(scratch, b.order * cols, panel);
     }
 }
 

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Hadamard matrices without tables: prime-power arithmetic in GF(p^k), the Paley I and II
-// constructions, and the search for the cheapest factorization n = K_1 ··· K_t · 2^m.
+// constructions, the spectra of their Jacobsthal cores (DFT, partial DFT and Rader forms), and
+// the search for the cheapest factorization n = K_1 ··· K_t · 2^m.
 #pragma once
 
 #include "target.hpp"
@@ -252,6 +253,124 @@ inline std::vector<std::complex<double>> jacobsthal_eigenvalues(const paley_core
         lambda[u] = acc;
     }
     return lambda;
+}
+
+/// Rader form of the Jacobsthal matrix of a prime field GF(q): with g a generator of Z_q^*,
+/// Q[g^k][g^j] = χ(g^k - g^j) = χ(g^k)·c(j - k), c(t) = χ(1 - g^t), so on the nonzero elements
+/// Q is diag(χ) times the circulant C[k][j] = c(j - k) of length N = q - 1. N is split into
+/// coprime prime powers (the axes); k sits at slot Σ_i (k mod radix_i)·stride_i, stride_i =
+/// Π_(l<i) radix_l, so the cyclic correlation w = C·v becomes a convolution over the product of
+/// the axes, diagonalized by one DFT per axis: DFT(w)(u) = eigenvalue(u)·DFT(v)(u), eigenvalue
+/// at slot u = Σ_m c(-m)·Π_i ω_i^(-u_i·m_i), ω_i = e^(2πi/radix_i).
+struct rader_form {
+    std::vector<std::size_t> radix;    ///< coprime axis lengths, Π radix = q - 1
+    std::vector<std::uint32_t> slot;   ///< slot[g^k] for the q - 1 nonzero elements
+    std::size_t alternating_slot = 0;  ///< slot of the frequency (q-1)/2: the character (-1)^k
+    std::vector<std::complex<double>> eigenvalues;  ///< q - 1, indexed by slot
+};
+
+/// The Rader form of a prime-field Jacobsthal core (core.r == 1), or nothing when q - 1 has a
+/// prime-power factor outside `radix_ok` (a predicate on the axis length). O(q²).
+template <class RadixOk>
+std::optional<rader_form> make_rader_form(const paley_core& core, RadixOk radix_ok) {
+    if (core.r != 1 || core.q < 3) return std::nullopt;
+    const std::size_t q = core.q, n = q - 1;
+    rader_form f;
+    std::vector<std::size_t> primes;
+    for (std::size_t m = n, d = 2; m > 1; ++d) {
+        if (d * d > m) d = m;
+        if (m % d != 0) continue;
+        std::size_t pk = 1;
+        while (m % d == 0) {
+            m /= d;
+            pk *= d;
+        }
+        if (!radix_ok(pk)) return std::nullopt;
+        primes.push_back(d);
+        f.radix.push_back(pk);
+    }
+    auto pow_mod = [q](std::size_t b, std::size_t e) {
+        std::size_t r = 1;
+        for (b %= q; e; e >>= 1, b = b * b % q)
+            if (e & 1) r = r * b % q;
+        return r;
+    };
+    std::size_t g = 2;
+    for (;; ++g) {
+        bool generator = true;
+        for (std::size_t p : primes) generator = generator && pow_mod(g, n / p) != 1;
+        if (generator) break;
+    }
+    std::vector<std::size_t> stride(f.radix.size());
+    for (std::size_t i = 0, s = 1; i < f.radix.size(); s *= f.radix[i], ++i) {
+        stride[i] = s;
+        // (-1)^k = (-1)^(k mod radix_i) on the one even axis, 1 on the odd ones.
+        if (f.radix[i] % 2 == 0) f.alternating_slot = f.radix[i] / 2 * s;
+    }
+    auto slot_of = [&](std::size_t k) {
+        std::size_t s = 0;
+        for (std::size_t i = 0; i < f.radix.size(); ++i) s += (k % f.radix[i]) * stride[i];
+        return s;
+    };
+    // c(t) = χ(1 - g^t) and the slots of the powers of g.
+    std::vector<int> c(n);
+    f.slot.assign(q, 0);
+    for (std::size_t t = 0, a = 1; t < n; ++t, a = a * g % q) {
+        c[t] = core.chi[(1 + q - a) % q];
+        f.slot[a] = static_cast<std::uint32_t>(slot_of(t));
+    }
+    // eigenvalue(u) = Σ_m c(-m)·e^(-2πi·Σ_i u_i·m_i/radix_i); the phase in units of 1/n.
+    std::vector<std::complex<double>> root(n);
+    for (std::size_t t = 0; t < n; ++t) {
+        const double a =
+            -2.0 * 3.14159265358979323846 * static_cast<double>(t) / static_cast<double>(n);
+        root[t] = {std::cos(a), std::sin(a)};
+    }
+    f.eigenvalues.assign(n, 0.0);
+    for (std::size_t u = 0; u < n; ++u) {
+        std::vector<std::size_t> digit(f.radix.size());
+        for (std::size_t i = 0; i < f.radix.size(); ++i) digit[i] = (u / stride[i]) % f.radix[i];
+        std::complex<double> acc = 0;
+        for (std::size_t m = 0; m < n; ++m) {
+            std::size_t phase = 0;
+            for (std::size_t i = 0; i < f.radix.size(); ++i)
+                phase += digit[i] * (m % f.radix[i]) * (n / f.radix[i]);
+            acc += static_cast<double>(c[(n - m) % n]) * root[phase % n];
+        }
+        f.eigenvalues[u] = acc;
+    }
+    return f;
+}
+
+/// For a Jacobsthal core over GF(p^r), r >= 2: the convolution kernel M(a) = d·[a = 0] +
+/// ε·χ(a) over (Z_p)^r transformed along the base-p digits 1 .. r-1 and divided by R =
+/// p^(r-1): K[u·p + m_0] = (1/R)·Σ_(m') M(m_0 + p·m')·ω^(-<u, m'>), ω = e^(2πi/p), u and m'
+/// the digits 1 .. r-1 (u = Σ_i u_i·p^(i-1)). O(R²·p·r).
+inline std::vector<std::complex<double>> jacobsthal_partial_kernel(const paley_core& core,
+                                                                   double diag, double eps) {
+    const std::size_t p = core.p, q = core.q, rows = q / p;
+    std::vector<std::complex<double>> root(p);
+    for (std::size_t t = 0; t < p; ++t) {
+        const double a =
+            -2.0 * 3.14159265358979323846 * static_cast<double>(t) / static_cast<double>(p);
+        root[t] = {std::cos(a), std::sin(a)};
+    }
+    std::vector<std::complex<double>> k(q);
+    for (std::size_t u = 0; u < rows; ++u)
+        for (std::size_t m0 = 0; m0 < p; ++m0) {
+            std::complex<double> acc = 0;
+            for (std::size_t mh = 0; mh < rows; ++mh) {
+                const std::size_t m = m0 + p * mh;
+                const double v = (m == 0 ? diag : 0.0) + eps * core.chi[m];
+                if (v == 0.0) continue;
+                std::size_t dot = 0;
+                for (std::size_t uu = u, dd = mh; uu || dd; uu /= p, dd /= p)
+                    dot += (uu % p) * (dd % p);
+                acc += v * root[dot % p];
+            }
+            k[u * p + m0] = acc / static_cast<double>(rows);
+        }
+    return k;
 }
 
 /// n = blocks[0] · blocks[1] ··· · power_of_two with every block a Paley order.

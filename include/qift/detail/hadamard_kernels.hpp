@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 // SIMD kernels of the Hadamard transform: the in-place power-of-two Walsh-Hadamard transform
 // (long rows and short rows), the dense block mix (wide and narrow panels), the Paley II row
-// pairs and the Jacobsthal core by a DFT over GF(p^r), each with the scalar reference that is its
-// test oracle.
+// pairs and the Jacobsthal core by DFTs (over GF(p^r), wide and narrow panels, and over a prime
+// field in Rader form), each with the scalar reference that is its test oracle.
 #pragma once
 
 #include "target.hpp"
@@ -12,9 +12,12 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <complex>
 #include <cstddef>
+#include <cstdint>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #if defined(__AVX__) || defined(__AVX512F__)
 #include <immintrin.h>
@@ -665,19 +668,7 @@ void paley_pairs_join(float* y, const float* z, std::size_t pairs, std::size_t c
 }
 
 // ---------------------------------------------------------------------------------------
-// Jacobsthal core by a DFT over (Z_p)^r
-
-/// The complex multipliers jacobsthal_dft_kernel applies in the DFT domain, for a Jacobsthal
-/// matrix with eigenvalues Λ (see jacobsthal_eigenvalues): mul[2u] + i·mul[2u+1] =
-/// (d + ε·Λ(u)) / q, the core being [[d', τ·1ᵀ], [σ·1, d·I + ε·Q]].
-struct jacobsthal_dft_params {
-    std::size_t p = 0;
-    unsigned r = 0;
-    std::size_t q = 0;
-    int tau = 1, sigma = 1;
-    float diag = 1.0f;           ///< the corner d' (= d)
-    const float* mul = nullptr;  ///< 2q floats
-};
+// Small complex DFTs on columns of complex lanes
 
 /// Cosines and sines of 2π·(k·t mod P)/P for the P-point DFT, k, t < P.
 template <std::size_t P>
@@ -694,54 +685,47 @@ struct dft_twiddles {
     }
 };
 
-/// y = core · x in place for the bordered Jacobsthal core of order q + 1 over GF(p^r), p in
-/// {3, 5, 7, 11, 13}: row 0 of y is d'·x_0 + τ·Σ_a x_(1+a), row 1+a is σ·x_0 + (d·x' + ε·Q x')_a.
-/// x is (q+1)×cols row-major with cols a multiple of 2W: every 2W columns form W complex lanes
-/// (the first W the real parts, the next W the imaginary ones; the core is real, so the pairing
-/// is exact), the convolution by χ runs as r forward P-point DFT passes (one per base-p digit),
-/// a complex multiply per frequency and r inverse passes: O(q·r·p) per 2W columns instead of
-/// O(q²), all in registers and on a panel of q·2W floats that stays in L1/L2.
-struct jacobsthal_dft_kernel {
-    template <class Arch>
-    void operator()(Arch, const jacobsthal_dft_params& prm, float* x,
-                    std::size_t cols) const noexcept {
-        switch (prm.p) {
-            case 3:
-                run<Arch, 3>(prm, x, cols);
-                break;
-            case 5:
-                run<Arch, 5>(prm, x, cols);
-                break;
-            case 7:
-                run<Arch, 7>(prm, x, cols);
-                break;
-            case 11:
-                run<Arch, 11>(prm, x, cols);
-                break;
-            case 13:
-                run<Arch, 13>(prm, x, cols);
-                break;
-            default:
-                break;
-        }
-    }
-
+/// The P-point complex DFTs the Jacobsthal kernels run, P in {2, 3, 4, 5, 7, 8, 9, 11, 13}, on
+/// complex rows: a row holds W complex lanes, the real parts at +0 and the imaginary parts at
+/// +W floats (W the batch width of Arch). Forward X_k = Σ_t x_t·ω^(-kt), inverse with ω^(+kt),
+/// ω = e^(2πi/P), both unscaled. One DFT keeps its P rows in registers: the rows t and P - t
+/// are combined first (sums and differences), so it costs about P²/4 multiply-adds per
+/// complex register pair and lane group instead of P².
+struct dft_codelets {
     static constexpr bool supports(std::size_t p) noexcept {
-        return p == 3 || p == 5 || p == 7 || p == 11 || p == 13;
+        return p == 2 || p == 3 || p == 4 || p == 5 || p == 7 || p == 8 || p == 9 || p == 11 ||
+               p == 13;
     }
 
-  private:
-    // One P-point complex DFT (forward: ω^-kt, inverse: ω^+kt, unscaled) on P rows at stride
-    // `stride` floats; re at +0, im at +w of every row.
+    /// One DFT in place on the P rows row0 + t·stride (stride in floats), t < P.
     template <class Arch, std::size_t P, bool Inverse>
     QIFT_HADAMARD_INLINE static void dft(const dft_twiddles<P>& tw, float* row0,
                                          std::size_t stride) noexcept {
+        if constexpr (P == 4 || P == 8) {
+            // The inverse DFT is the forward one with real and imaginary parts swapped on the
+            // way in and out.
+            constexpr std::size_t w = xsimd::batch<float, Arch>::size;
+            radix2<Arch, P>(row0 + (Inverse ? w : 0), row0 + (Inverse ? 0 : w), stride);
+            return;
+        }
         using batch = xsimd::batch<float, Arch>;
         constexpr std::size_t w = batch::size;
-        constexpr std::size_t h = (P - 1) / 2;
+        constexpr bool even = P % 2 == 0;
+        constexpr std::size_t h = (P - 1) / 2;  // the pairs (t, P - t), t = 1 .. h
         native_register<Arch> sr[h + 1], si[h + 1], dr[h + 1], di[h + 1];
         const batch r0 = batch::load_unaligned(row0), i0 = batch::load_unaligned(row0 + w);
-        batch outr = r0, outi = i0;
+        // Even P: the middle row m = P/2 enters X_k with the sign (-1)^k, so X_k starts from
+        // e = x_0 + x_m (k even) or o = x_0 - x_m (k odd). Odd P: both are x_0.
+        batch er = r0, ei = i0, orr = r0, oi = i0;
+        if constexpr (even) {
+            const float* m = row0 + (P / 2) * stride;
+            const batch mr = batch::load_unaligned(m), mi = batch::load_unaligned(m + w);
+            er = r0 + mr;
+            ei = i0 + mi;
+            orr = r0 - mr;
+            oi = i0 - mi;
+        }
+        batch outr = er, outi = ei;
         static_for<h>([&](auto tm1) QIFT_HADAMARD_LAMBDA_INLINE {
             constexpr std::size_t t = tm1 + 1;
             const float* a = row0 + t * stride;
@@ -757,9 +741,25 @@ struct jacobsthal_dft_kernel {
         });
         outr.store_unaligned(row0);
         outi.store_unaligned(row0 + w);
+        if constexpr (even) {
+            // X_(P/2) = x_0 + (-1)^(P/2)·x_m + Σ_t (-1)^t (x_t + x_(P-t)).
+            batch mr = (P / 2) % 2 == 0 ? er : orr, mi = (P / 2) % 2 == 0 ? ei : oi;
+            static_for<h>([&](auto tm1) QIFT_HADAMARD_LAMBDA_INLINE {
+                constexpr std::size_t t = tm1 + 1;
+                if constexpr (t % 2 == 1) {
+                    mr -= batch(sr[t]);
+                    mi -= batch(si[t]);
+                } else {
+                    mr += batch(sr[t]);
+                    mi += batch(si[t]);
+                }
+            });
+            mr.store_unaligned(row0 + (P / 2) * stride);
+            mi.store_unaligned(row0 + (P / 2) * stride + w);
+        }
         static_for<h>([&](auto km1) QIFT_HADAMARD_LAMBDA_INLINE {
             constexpr std::size_t k = km1 + 1;
-            batch ar = r0, ai = i0, brr(0.0f), bri(0.0f);
+            batch ar = k % 2 == 1 ? orr : er, ai = k % 2 == 1 ? oi : ei, brr(0.0f), bri(0.0f);
             static_for<h>([&](auto tm1) QIFT_HADAMARD_LAMBDA_INLINE {
                 constexpr std::size_t t = tm1 + 1;
                 const batch c(tw.c[k][t]), s(tw.s[k][t]);
@@ -778,29 +778,221 @@ struct jacobsthal_dft_kernel {
         });
     }
 
+    /// The P-point DFT along one axis of a mixed-radix row index: `rows` rows at `stride`
+    /// floats from `base`, the axis of length P with a step of s rows (rows a multiple of P·s):
+    /// one DFT on the rows i + t·s (t < P) for every i whose digit on this axis is 0.
     template <class Arch, std::size_t P, bool Inverse>
-    static void pass(const dft_twiddles<P>& tw, float* base, std::size_t q, std::size_t s,
-                     std::size_t cols) noexcept {
-        const std::size_t stride = s * cols;
-        for (std::size_t hi = 0; hi < q; hi += P * s)
+    static void pass(const dft_twiddles<P>& tw, float* base, std::size_t rows, std::size_t s,
+                     std::size_t stride) noexcept {
+        const std::size_t step = s * stride;
+        for (std::size_t hi = 0; hi < rows; hi += P * s)
             for (std::size_t lo = 0; lo < s; ++lo)
-                dft<Arch, P, Inverse>(tw, base + (hi + lo) * cols, stride);
+                dft<Arch, P, Inverse>(tw, base + (hi + lo) * stride, step);
     }
 
+    /// pass with P chosen at run time (p must satisfy supports(p); others do nothing).
+    template <class Arch, bool Inverse>
+    static void pass(std::size_t p, float* base, std::size_t rows, std::size_t s,
+                     std::size_t stride) noexcept {
+        switch (p) {
+            case 2:
+                with_twiddles<Arch, 2, Inverse>(base, rows, s, stride);
+                break;
+            case 3:
+                with_twiddles<Arch, 3, Inverse>(base, rows, s, stride);
+                break;
+            case 4:
+                with_twiddles<Arch, 4, Inverse>(base, rows, s, stride);
+                break;
+            case 5:
+                with_twiddles<Arch, 5, Inverse>(base, rows, s, stride);
+                break;
+            case 7:
+                with_twiddles<Arch, 7, Inverse>(base, rows, s, stride);
+                break;
+            case 8:
+                with_twiddles<Arch, 8, Inverse>(base, rows, s, stride);
+                break;
+            case 9:
+                with_twiddles<Arch, 9, Inverse>(base, rows, s, stride);
+                break;
+            case 11:
+                with_twiddles<Arch, 11, Inverse>(base, rows, s, stride);
+                break;
+            case 13:
+                with_twiddles<Arch, 13, Inverse>(base, rows, s, stride);
+                break;
+            default:
+                break;
+        }
+    }
+
+  private:
+    // Forward 4- and 8-point DFTs by radix-2 steps (52 instead of 76 operations for P = 8), on
+    // rows whose real parts start at re + t·stride and imaginary parts at im + t·stride.
     template <class Arch, std::size_t P>
-    static void run(const jacobsthal_dft_params& prm, float* x, std::size_t cols) noexcept {
+    QIFT_HADAMARD_INLINE static void radix2(float* re, float* im, std::size_t stride) noexcept {
+        using batch = xsimd::batch<float, Arch>;
+        auto ld = [&](const float* base, std::size_t t) QIFT_HADAMARD_LAMBDA_INLINE {
+            return batch::load_unaligned(base + t * stride);
+        };
+        auto st = [&](float* base, std::size_t t, const batch& v)
+                      QIFT_HADAMARD_LAMBDA_INLINE { v.store_unaligned(base + t * stride); };
+        // The 4-point DFT of rows (e0, e1, e2, e3) = y, stored at the rows out[0..3]:
+        // c = y0 ± y2, d = y1 ± y3, Y0 = c0 + d0, Y2 = c0 - d0, Y1 = c1 - i·d1, Y3 = c1 + i·d1.
+        if constexpr (P == 4) {
+            const batch c0r = ld(re, 0) + ld(re, 2), c0i = ld(im, 0) + ld(im, 2);
+            const batch c1r = ld(re, 0) - ld(re, 2), c1i = ld(im, 0) - ld(im, 2);
+            const batch d0r = ld(re, 1) + ld(re, 3), d0i = ld(im, 1) + ld(im, 3);
+            const batch d1r = ld(re, 1) - ld(re, 3), d1i = ld(im, 1) - ld(im, 3);
+            st(re, 0, c0r + d0r);
+            st(im, 0, c0i + d0i);
+            st(re, 2, c0r - d0r);
+            st(im, 2, c0i - d0i);
+            st(re, 1, c1r + d1i);
+            st(im, 1, c1i - d1r);
+            st(re, 3, c1r - d1i);
+            st(im, 3, c1i + d1r);
+        } else {
+            // a_t = x_t + x_(t+4) gives the even outputs, b_t = (x_t - x_(t+4))·ω^(-t) the odd
+            // ones, each by a 4-point DFT; ω^(-1) = (1 - i)/√2, ω^(-2) = -i, ω^(-3) = -(1 + i)/√2.
+            const batch h(0.70710678118654752f);
+            native_register<Arch> ar[4], ai[4], br[4], bi[4];
+            static_for<4>([&](auto t) QIFT_HADAMARD_LAMBDA_INLINE {
+                const batch xr = ld(re, t), xi = ld(im, t), yr = ld(re, t + 4), yi = ld(im, t + 4);
+                ar[t] = xr + yr;
+                ai[t] = xi + yi;
+                br[t] = xr - yr;
+                bi[t] = xi - yi;
+            });
+            {
+                const batch c0r = batch(ar[0]) + batch(ar[2]), c0i = batch(ai[0]) + batch(ai[2]);
+                const batch c1r = batch(ar[0]) - batch(ar[2]), c1i = batch(ai[0]) - batch(ai[2]);
+                const batch d0r = batch(ar[1]) + batch(ar[3]), d0i = batch(ai[1]) + batch(ai[3]);
+                const batch d1r = batch(ar[1]) - batch(ar[3]), d1i = batch(ai[1]) - batch(ai[3]);
+                st(re, 0, c0r + d0r);
+                st(im, 0, c0i + d0i);
+                st(re, 4, c0r - d0r);
+                st(im, 4, c0i - d0i);
+                st(re, 2, c1r + d1i);
+                st(im, 2, c1i - d1r);
+                st(re, 6, c1r - d1i);
+                st(im, 6, c1i + d1r);
+            }
+            // y0 = b0, y2 = -i·b2: c0 = y0 + y2, c1 = y0 - y2. y1 = h·(P, M), y3 = h·(T, -S)
+            // with P = b1r + b1i, M = b1i - b1r, S = b3r + b3i, T = b3i - b3r.
+            const batch c0r = batch(br[0]) + batch(bi[2]), c0i = batch(bi[0]) - batch(br[2]);
+            const batch c1r = batch(br[0]) - batch(bi[2]), c1i = batch(bi[0]) + batch(br[2]);
+            const batch pp = batch(br[1]) + batch(bi[1]), mm = batch(bi[1]) - batch(br[1]);
+            const batch ss = batch(br[3]) + batch(bi[3]), tt = batch(bi[3]) - batch(br[3]);
+            const batch d0r = pp + tt, d0i = mm - ss, d1r = pp - tt, d1i = mm + ss;  // / h
+            st(re, 1, xsimd::fma(h, d0r, c0r));
+            st(im, 1, xsimd::fma(h, d0i, c0i));
+            st(re, 5, xsimd::fnma(h, d0r, c0r));
+            st(im, 5, xsimd::fnma(h, d0i, c0i));
+            st(re, 3, xsimd::fma(h, d1i, c1r));
+            st(im, 3, xsimd::fnma(h, d1r, c1i));
+            st(re, 7, xsimd::fnma(h, d1i, c1r));
+            st(im, 7, xsimd::fma(h, d1r, c1i));
+        }
+    }
+
+    template <class Arch, std::size_t P, bool Inverse>
+    static void with_twiddles(float* base, std::size_t rows, std::size_t s,
+                              std::size_t stride) noexcept {
+        static const dft_twiddles<P> tw;
+        pass<Arch, P, Inverse>(tw, base, rows, s, stride);
+    }
+};
+
+/// Scalar reference of one dft_codelets DFT on a single complex lane: x (P complex values)
+/// <- its forward (ω^(-kt)) or inverse (ω^(+kt)) unscaled DFT, in double.
+inline void dft_reference(std::complex<double>* x, std::size_t p, bool inverse) {
+    std::vector<std::complex<double>> y(p);
+    for (std::size_t k = 0; k < p; ++k)
+        for (std::size_t t = 0; t < p; ++t) {
+            const double a = (inverse ? 2.0 : -2.0) * 3.14159265358979323846 *
+                             static_cast<double>(k * t % p) / static_cast<double>(p);
+            y[k] += x[t] * std::complex<double>(std::cos(a), std::sin(a));
+        }
+    std::copy(y.begin(), y.end(), x);
+}
+
+// ---------------------------------------------------------------------------------------
+// Jacobsthal core by a DFT over (Z_p)^r
+
+/// The complex multipliers jacobsthal_dft_kernel applies in the DFT domain, for a Jacobsthal
+/// matrix with eigenvalues Λ (see jacobsthal_eigenvalues): mul[2u] + i·mul[2u+1] =
+/// (d + ε·Λ(u)) / q, the core being [[d', τ·1ᵀ], [σ·1, d·I + ε·Q]].
+struct jacobsthal_dft_params {
+    std::size_t p = 0;
+    unsigned r = 0;
+    std::size_t q = 0;
+    int tau = 1, sigma = 1;
+    float diag = 1.0f;           ///< the corner d' (= d)
+    const float* mul = nullptr;  ///< 2q floats
+};
+
+/// y = core · x in place for the bordered Jacobsthal core of order q + 1 over GF(p^r), p in
+/// {3, 5, 7, 11, 13}: row 0 of y is d'·x_0 + τ·Σ_a x_(1+a), row 1+a is σ·x_0 + (d·x' + ε·Q x')_a.
+/// x is (q+1)×cols row-major; the columns [0, c_end) are transformed, c_end a multiple of 2W:
+/// every 2W columns form W complex lanes
+/// (the first W the real parts, the next W the imaginary ones; the core is real, so the pairing
+/// is exact), the convolution by χ runs as r forward P-point DFT passes (one per base-p digit),
+/// a complex multiply per frequency and r inverse passes: O(q·r·p) per 2W columns instead of
+/// O(q²), all in registers and on a panel of q·2W floats that stays in L1/L2.
+struct jacobsthal_dft_kernel {
+    template <class Arch>
+    void operator()(Arch, const jacobsthal_dft_params& prm, float* x,
+                    std::size_t cols) const noexcept {
+        (*this)(Arch{}, prm, x, cols, cols);
+    }
+
+    template <class Arch>
+    void operator()(Arch, const jacobsthal_dft_params& prm, float* x, std::size_t cols,
+                    std::size_t c_end) const noexcept {
+        switch (prm.p) {
+            case 3:
+                run<Arch, 3>(prm, x, cols, c_end);
+                break;
+            case 5:
+                run<Arch, 5>(prm, x, cols, c_end);
+                break;
+            case 7:
+                run<Arch, 7>(prm, x, cols, c_end);
+                break;
+            case 11:
+                run<Arch, 11>(prm, x, cols, c_end);
+                break;
+            case 13:
+                run<Arch, 13>(prm, x, cols, c_end);
+                break;
+            default:
+                break;
+        }
+    }
+
+    static constexpr bool supports(std::size_t p) noexcept {
+        return p == 3 || p == 5 || p == 7 || p == 11 || p == 13;
+    }
+
+  private:
+    template <class Arch, std::size_t P>
+    static void run(const jacobsthal_dft_params& prm, float* x, std::size_t cols,
+                    std::size_t c_end) noexcept {
         using batch = xsimd::batch<float, Arch>;
         constexpr std::size_t w = batch::size;
         static const dft_twiddles<P> tw;
         const std::size_t q = prm.q;
         const batch tau(static_cast<float>(prm.tau)), sigma(static_cast<float>(prm.sigma));
         const batch diag(prm.diag);
-        for (std::size_t c = 0; c < cols; c += 2 * w) {
+        for (std::size_t c = 0; c < c_end; c += 2 * w) {
             float* top = x + c;
             float* base = x + cols + c;
             const batch x0r = batch::load_unaligned(top), x0i = batch::load_unaligned(top + w);
             std::size_t s = 1;
-            for (unsigned t = 0; t < prm.r; ++t, s *= P) pass<Arch, P, false>(tw, base, q, s, cols);
+            for (unsigned t = 0; t < prm.r; ++t, s *= P)
+                dft_codelets::pass<Arch, P, false>(tw, base, q, s, cols);
             // The zero frequency is Σ_a x'_a; then the multiply by (d + εΛ(u))/q.
             const batch f0r = batch::load_unaligned(base), f0i = batch::load_unaligned(base + w);
             for (std::size_t u = 0; u < q; ++u) {
@@ -811,7 +1003,8 @@ struct jacobsthal_dft_kernel {
                 xsimd::fma(vr, mi, vi * mr).store_unaligned(row + w);
             }
             s = 1;
-            for (unsigned t = 0; t < prm.r; ++t, s *= P) pass<Arch, P, true>(tw, base, q, s, cols);
+            for (unsigned t = 0; t < prm.r; ++t, s *= P)
+                dft_codelets::pass<Arch, P, true>(tw, base, q, s, cols);
             for (std::size_t a = 0; a < q; ++a) {
                 float* row = base + a * cols;
                 xsimd::fma(sigma, x0r, batch::load_unaligned(row)).store_unaligned(row);
@@ -819,6 +1012,258 @@ struct jacobsthal_dft_kernel {
             }
             xsimd::fma(tau, f0r, diag * x0r).store_unaligned(top);
             xsimd::fma(tau, f0i, diag * x0i).store_unaligned(top + w);
+        }
+    }
+};
+
+// ---------------------------------------------------------------------------------------
+// Jacobsthal core over GF(p^r) on panels narrower than 2W columns
+
+/// Complex lanes of one row of jacobsthal_dft_narrow_kernel (its table and its work rows): p
+/// rounded up to 8 or 16, a multiple of the batch width of every narrow_dft_arch.
+inline constexpr std::size_t narrow_dft_lanes(std::size_t p) noexcept {
+    return p <= 8 ? 8 : 16;
+}
+
+/// The batch architecture jacobsthal_dft_narrow_kernel computes with for Arch: 8-float AVX2
+/// registers under AVX-512 (a row of p <= 8 lanes fills one, not half of a 16-float one),
+/// Arch itself elsewhere (AVX2: 8 floats; SSE, NEON: 4).
+template <class Arch>
+struct narrow_dft_arch {
+    using type = Arch;
+};
+#if XSIMD_WITH_FMA3_AVX2
+template <class Arch>
+requires is_avx512_arch<Arch>
+struct narrow_dft_arch<Arch> {
+    using type = xsimd::fma3<xsimd::avx2>;
+};
+#endif
+
+/// The table of jacobsthal_dft_narrow_kernel for the core [[d', τ·1ᵀ], [σ·1, M]] over GF(p^r)
+/// with M = d·I + ε·Q, the convolution over (Z_p)^r by M(a) = d·[a = 0] + ε·χ(a).
+struct jacobsthal_dft_narrow_params {
+    std::size_t p = 0;
+    unsigned r = 0;  ///< >= 2
+    std::size_t q = 0;
+    int tau = 1, sigma = 1;
+    float diag = 1.0f;  ///< the corner d'
+    /// (q/p)·p·2·L floats, L = narrow_dft_lanes(p): conv[((u·p + b)·2 + part)·L + a] =
+    /// K_u(a - b mod p) (part 0: real, 1: imaginary; 0 for a >= p), K_u(m_0) the DFT of M along
+    /// the base-p digits 1 .. r-1 at the frequency u (u = Σ_i u_i·p^(i-1)), divided by p^(r-1).
+    const float* conv = nullptr;
+};
+
+/// y = core · x in place on the columns [c0, c1) of the (q+1)×cols row-major panel x, for
+/// panels too narrow for jacobsthal_dft_kernel (q = p^r, r >= 2, p in {3, 5, 7, 11, 13}).
+/// Columns go in pairs (the real and imaginary parts of one complex column; a last odd column
+/// gets a zero imaginary part). The q values of a complex column are laid out as p^(r-1) rows
+/// (base-p digits 1 .. r-1) of L lanes (digit 0): the DFT passes along the digits 1 .. r-1 run
+/// vectorized across the lanes, and digit 0, which lies inside the registers, is convolved
+/// directly in the DFT domain of the other digits (a p×p complex circulant per row, each input
+/// lane broadcast from memory), then the inverse passes. `work` holds
+/// work_floats(p, q) floats. O(q·(2(r-1)·p/2 + 2p)) multiply-adds per complex column instead of
+/// the dense core's 2q².
+struct jacobsthal_dft_narrow_kernel {
+    static constexpr std::size_t work_floats(std::size_t p, std::size_t q) noexcept {
+        return q / p * 2 * narrow_dft_lanes(p);
+    }
+
+    template <class Arch>
+    void operator()(Arch, const jacobsthal_dft_narrow_params& prm, float* x, std::size_t cols,
+                    std::size_t c0, std::size_t c1, float* work) const noexcept {
+        using narrow = typename narrow_dft_arch<Arch>::type;
+        switch (prm.p) {
+            case 3:
+                run<narrow, 3>(prm, x, cols, c0, c1, work);
+                break;
+            case 5:
+                run<narrow, 5>(prm, x, cols, c0, c1, work);
+                break;
+            case 7:
+                run<narrow, 7>(prm, x, cols, c0, c1, work);
+                break;
+            case 11:
+                run<narrow, 11>(prm, x, cols, c0, c1, work);
+                break;
+            case 13:
+                run<narrow, 13>(prm, x, cols, c0, c1, work);
+                break;
+            default:
+                break;
+        }
+    }
+
+  private:
+    template <class Arch, std::size_t P>
+    static void run(const jacobsthal_dft_narrow_params& prm, float* x, std::size_t cols,
+                    std::size_t c0, std::size_t c1, float* work) noexcept {
+        using batch = xsimd::batch<float, Arch>;
+        constexpr std::size_t w = batch::size;
+        constexpr std::size_t lanes = narrow_dft_lanes(P), chunks = lanes / w, row = 2 * lanes;
+        static_assert(lanes % w == 0, "narrow_dft_arch must divide the lane count");
+        static const dft_twiddles<P> tw;
+        const std::size_t q = prm.q, rows = q / P;
+        // Lane l of a row: real part at (l / w)·2w + l % w, imaginary part w floats later.
+        auto at = [](std::size_t l) { return (l / w) * 2 * w + l % w; };
+        for (std::size_t c = c0; c < c1; c += 2) {
+            const bool pair = c + 1 < c1;
+            std::fill(work, work + rows * row, 0.0f);  // the padding lanes stay 0
+            const float* src = x + cols + c;
+            for (std::size_t u = 0; u < rows; ++u) {
+                float* dst = work + u * row;
+                for (std::size_t l = 0; l < P; ++l, src += cols) {
+                    dst[at(l)] = src[0];
+                    dst[at(l) + w] = pair ? src[1] : 0.0f;
+                }
+            }
+            for (std::size_t j = 0; j < chunks; ++j) {
+                std::size_t s = 1;
+                for (unsigned t = 1; t < prm.r; ++t, s *= P)
+                    dft_codelets::pass<Arch, P, false>(tw, work + j * 2 * w, rows, s, row);
+            }
+            // Σ_a x'_a: the lanes of the zero frequency row.
+            float sum_r = 0.0f, sum_i = 0.0f;
+            for (std::size_t l = 0; l < P; ++l) {
+                sum_r += work[at(l)];
+                sum_i += work[at(l) + w];
+            }
+            for (std::size_t u = 0; u < rows; ++u)
+                convolve_lanes<Arch, P>(prm.conv + u * P * 2 * lanes, work + u * row);
+            for (std::size_t j = 0; j < chunks; ++j) {
+                std::size_t s = 1;
+                for (unsigned t = 1; t < prm.r; ++t, s *= P)
+                    dft_codelets::pass<Arch, P, true>(tw, work + j * 2 * w, rows, s, row);
+            }
+            const float x0r = x[c], x0i = pair ? x[c + 1] : 0.0f;
+            const float sr = static_cast<float>(prm.sigma) * x0r;
+            const float si = static_cast<float>(prm.sigma) * x0i;
+            float* dst = x + cols + c;
+            for (std::size_t u = 0; u < rows; ++u) {
+                const float* from = work + u * row;
+                for (std::size_t l = 0; l < P; ++l, dst += cols) {
+                    dst[0] = sr + from[at(l)];
+                    if (pair) dst[1] = si + from[at(l) + w];
+                }
+            }
+            x[c] = prm.diag * x0r + static_cast<float>(prm.tau) * sum_r;
+            if (pair) x[c + 1] = prm.diag * x0i + static_cast<float>(prm.tau) * sum_i;
+        }
+    }
+
+    // One row: y_a = Σ_b K(a - b)·x_b over the P lanes (complex), in place.
+    template <class Arch, std::size_t P>
+    QIFT_HADAMARD_INLINE static void convolve_lanes(const float* k, float* rw) noexcept {
+        using batch = xsimd::batch<float, Arch>;
+        constexpr std::size_t w = batch::size;
+        constexpr std::size_t lanes = narrow_dft_lanes(P), chunks = lanes / w;
+        native_register<Arch> yr[chunks], yi[chunks];
+        static_for<chunks>([&](auto j) QIFT_HADAMARD_LAMBDA_INLINE {
+            yr[j] = batch(0.0f);
+            yi[j] = batch(0.0f);
+        });
+        static_for<P>([&](auto b) QIFT_HADAMARD_LAMBDA_INLINE {
+            constexpr std::size_t off = (b / w) * 2 * w + b % w;
+            const batch xr(rw[off]), xi(rw[off + w]);
+            const float* kb = k + b * 2 * lanes;
+            static_for<chunks>([&](auto j) QIFT_HADAMARD_LAMBDA_INLINE {
+                const batch kr = batch::load_unaligned(kb + j * w);
+                const batch ki = batch::load_unaligned(kb + lanes + j * w);
+                yr[j] = xsimd::fma(kr, xr, xsimd::fnma(ki, xi, batch(yr[j])));
+                yi[j] = xsimd::fma(kr, xi, xsimd::fma(ki, xr, batch(yi[j])));
+            });
+        });
+        static_for<chunks>([&](auto j) QIFT_HADAMARD_LAMBDA_INLINE {
+            batch(yr[j]).store_unaligned(rw + j * 2 * w);
+            batch(yi[j]).store_unaligned(rw + j * 2 * w + w);
+        });
+    }
+};
+
+// ---------------------------------------------------------------------------------------
+// Jacobsthal core over a prime field GF(q) in Rader form
+
+/// The tables of jacobsthal_rader_kernel for the core [[1, τ·1ᵀ], [σ·1, I + ε·Q]] over a prime
+/// field, Q[a][b] = χ(a - b) mod q (see make_rader_form): with a generator g of Z_q^*,
+/// χ(g^k - g^j) = χ(g^k)·c(j - k), c(t) = χ(1 - g^t), so on the nonzero elements Q is a sign
+/// diagonal times a circulant of length q - 1, which is diagonalized by DFTs of the coprime
+/// axis lengths `radix` (the Chinese remainder theorem turns Z_(q-1) into their product).
+struct jacobsthal_rader_params {
+    std::size_t q = 0;                   ///< prime, q - 1 = Π radix
+    const std::size_t* radix = nullptr;  ///< `axes` coprime lengths, each dft_codelets::supports
+    std::size_t axes = 0;
+    const std::uint32_t* slot = nullptr;  ///< slot[a]: work row of x'_a, a in [1, q)
+    std::size_t alternating_slot = 0;     ///< slot of the frequency (q-1)/2, the character (-1)^k
+    const float* chi = nullptr;           ///< χ(a), a in [0, q)
+    const float* mul = nullptr;  ///< 2(q-1) floats: the circulant's eigenvalue / (q-1) at slot u
+    int tau = 1, sigma = 1, eps = 1;
+};
+
+/// y = core · x for the bordered Jacobsthal core of order q + 1 over a prime field (see
+/// jacobsthal_rader_params): y_0 = x_0 + τ·Σ_a x'_a, y'_0 = σ·x_0 + x'_0 + ε·χ(-1)·Σ_(b≠0)
+/// χ(b)·x'_b and, for a = g^k ≠ 0, y'_a = σ·x_0 + x'_a + ε·χ(a)·(x'_0 + w_k) with w_k =
+/// Σ_j c(j - k)·x'_(g^j), a cyclic correlation of length q - 1 run as forward DFT passes over
+/// the coprime axes, a complex multiply per frequency and the inverse passes (Rader's
+/// reindexing, without the prime-length DFT itself). The two sums are the DFT at the
+/// frequencies 0 and (q-1)/2, and x'_0 is added at frequency 0. `in` and `out` are (q+1)×cols
+/// row-major and may be the same array; the columns [0, c_end) are done, c_end a multiple of
+/// 2W, as W complex lanes per 2W columns like jacobsthal_dft_kernel. `work` holds (q-1)·2W
+/// floats (the permuted x' of one column strip, in L1). O(Σ radix) multiply-adds per element
+/// instead of q.
+struct jacobsthal_rader_kernel {
+    template <class Arch>
+    void operator()(Arch, const jacobsthal_rader_params& prm, const float* in, float* out,
+                    std::size_t cols, std::size_t c_end, float* work) const noexcept {
+        using batch = xsimd::batch<float, Arch>;
+        constexpr std::size_t w = batch::size, row = 2 * w;
+        const std::size_t q = prm.q, n = q - 1;
+        const batch tau(static_cast<float>(prm.tau)), sigma(static_cast<float>(prm.sigma));
+        const batch eps_chi_m1(static_cast<float>(prm.eps) * prm.chi[q - 1]);
+        const float* alt = work + prm.alternating_slot * row;
+        for (std::size_t c = 0; c < c_end; c += row) {
+            const batch x0r = batch::load_unaligned(in + c),
+                        x0i = batch::load_unaligned(in + c + w);
+            const float* zero = in + cols + c;
+            const batch zr = batch::load_unaligned(zero), zi = batch::load_unaligned(zero + w);
+            for (std::size_t a = 1; a < q; ++a) {
+                const float* src = in + (1 + a) * cols + c;
+                float* dst = work + prm.slot[a] * row;
+                batch::load_unaligned(src).store_unaligned(dst);
+                batch::load_unaligned(src + w).store_unaligned(dst + w);
+            }
+            std::size_t s = 1;
+            for (std::size_t t = 0; t < prm.axes; s *= prm.radix[t], ++t)
+                dft_codelets::pass<Arch, false>(prm.radix[t], work, n, s, row);
+            // Σ_(b≠0) x'_b and Σ_(b≠0) χ(b)·x'_b.
+            const batch sr = batch::load_unaligned(work), si = batch::load_unaligned(work + w);
+            const batch ar = batch::load_unaligned(alt), ai = batch::load_unaligned(alt + w);
+            for (std::size_t u = 0; u < n; ++u) {
+                float* r = work + u * row;
+                const batch mr(prm.mul[2 * u]), mi(prm.mul[2 * u + 1]);
+                const batch vr = batch::load_unaligned(r), vi = batch::load_unaligned(r + w);
+                xsimd::fms(vr, mr, vi * mi).store_unaligned(r);
+                xsimd::fma(vr, mi, vi * mr).store_unaligned(r + w);
+            }
+            (batch::load_unaligned(work) + zr).store_unaligned(work);
+            (batch::load_unaligned(work + w) + zi).store_unaligned(work + w);
+            s = 1;
+            for (std::size_t t = 0; t < prm.axes; s *= prm.radix[t], ++t)
+                dft_codelets::pass<Arch, true>(prm.radix[t], work, n, s, row);
+            const batch br = sigma * x0r, bi = sigma * x0i;
+            for (std::size_t a = 1; a < q; ++a) {
+                const float* src = in + (1 + a) * cols + c;
+                float* dst = out + (1 + a) * cols + c;
+                const float* from = work + prm.slot[a] * row;
+                const batch f(static_cast<float>(prm.eps) * prm.chi[a]);
+                const batch yr = batch::load_unaligned(src) + br;
+                const batch yi = batch::load_unaligned(src + w) + bi;
+                xsimd::fma(f, batch::load_unaligned(from), yr).store_unaligned(dst);
+                xsimd::fma(f, batch::load_unaligned(from + w), yi).store_unaligned(dst + w);
+            }
+            xsimd::fma(eps_chi_m1, ar, br + zr).store_unaligned(out + cols + c);
+            xsimd::fma(eps_chi_m1, ai, bi + zi).store_unaligned(out + cols + c + w);
+            xsimd::fma(tau, zr + sr, x0r).store_unaligned(out + c);
+            xsimd::fma(tau, zi + si, x0i).store_unaligned(out + c + w);
         }
     }
 };
