@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 // Single-thread float32 Hadamard transform against the textbook radix-2 loop and (n = K·2^m)
-// the previous dense block-mix path and the path before the Rader and narrow-panel DFT forms,
-// compiled in the same binary: ns/transform, ns/element, the speedups (vs_previous, vs_before),
-// and the ratio to the power of two nearest n measured earlier in the same run.
+// the previous dense block-mix path, the path before the Rader and narrow-panel DFT forms and
+// (688, 1376) the narrow kernel before its packed AVX-512 form, compiled in the same binary:
+// ns/transform, ns/element, the speedups (vs_previous, vs_before, vs_before_packed), and the
+// ratio to the power of two nearest n measured earlier in the same run.
 #include <qift/hadamard.hpp>
 
 #include <benchmark/benchmark.h>
@@ -11,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <type_traits>
@@ -112,6 +114,36 @@ struct before_fast_forms {
     }
 };
 
+#if XSIMD_WITH_AVX512F && XSIMD_WITH_FMA3_AVX2
+// The qift path before the packed AVX-512 narrow kernel, in the same binary, for a plan of one
+// GF(p^r) block on a K×2^m panel narrower than 2W (688 = 344·2, 1376 = 344·4): the FWHT of the
+// rows, then the narrow kernel as it ran under AVX-512 before (on 8-float AVX2 registers, its
+// digit-0 convolution from broadcast loads), the FWHT and the scale not fused into it.
+struct before_packed {
+    std::shared_ptr<const qift::detail::hadamard_plan> plan;
+
+    static bool applies(std::size_t n) {
+        const auto p = qift::detail::hadamard_plan_for(n);
+        return p->blocks.size() == 1 && p->blocks[0].dft_narrow && !p->blocks[0].pairs &&
+               p->shape.power_of_two < 32;
+    }
+
+    explicit before_packed(std::size_t n) : plan(qift::detail::hadamard_plan_for(n)) {}
+
+    void operator()(float* x) const {
+        const std::size_t len = plan->shape.power_of_two;
+        if (len > 1)
+            qift::detail::fwht_short_rows_kernel{}(xsimd::default_arch{}, x, plan->n, len, 1.0f);
+        qift::detail::apply_dft_core<xsimd::fma3<xsimd::avx2>>(plan->blocks[0], 0, x, len);
+    }
+};
+#endif
+
+std::map<std::size_t, double>& before_packed_ns() {
+    static std::map<std::size_t, double> m;
+    return m;
+}
+
 std::map<std::size_t, double>& before_ns() {
     static std::map<std::size_t, double> m;
     return m;
@@ -197,6 +229,15 @@ void bench_before(benchmark::State& state, std::size_t n) {
     ratio_to_pow2(state, n, ns);
 }
 
+#if XSIMD_WITH_AVX512F && XSIMD_WITH_FMA3_AVX2
+void bench_before_packed(benchmark::State& state, std::size_t n) {
+    const before_packed p(n);
+    const double ns = run(state, n, [&p](float* x) { p(x); });
+    before_packed_ns()[n] = ns;
+    ratio_to_pow2(state, n, ns);
+}
+#endif
+
 template <class Arch>
 void bench_qift(benchmark::State& state, std::size_t n) {
     const double ns = run(state, n, [n](float* x) {
@@ -209,6 +250,9 @@ void bench_qift(benchmark::State& state, std::size_t n) {
     if (auto it = before_ns().find(n);
         it != before_ns().end() && std::is_same_v<Arch, xsimd::default_arch>)
         state.counters["vs_before"] = it->second / ns;
+    if (auto it = before_packed_ns().find(n);
+        it != before_packed_ns().end() && std::is_same_v<Arch, xsimd::default_arch>)
+        state.counters["vs_before_packed"] = it->second / ns;
     if (is_power_of_two(n) && std::is_same_v<Arch, xsimd::default_arch>)
         pow2_ns_per_element()[n] = ns / static_cast<double>(n);
     else
@@ -244,6 +288,11 @@ int main(int argc, char** argv) {
                                              bench_previous, n);
                 benchmark::RegisterBenchmark(("qift_before_rader_narrow" + suffix).c_str(),
                                              bench_before, n);
+#if XSIMD_WITH_AVX512F && XSIMD_WITH_FMA3_AVX2
+                if (before_packed::applies(n))
+                    benchmark::RegisterBenchmark(("qift_before_packed" + suffix).c_str(),
+                                                 bench_before_packed, n);
+#endif
             }
             benchmark::RegisterBenchmark(("qift" + suffix).c_str(), bench_qift<xsimd::default_arch>,
                                          n);

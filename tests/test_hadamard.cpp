@@ -12,6 +12,8 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -762,21 +764,43 @@ void check_fast_core_kernels() {
             const std::vector<float> h = dense_core(pc, transpose);
             std::vector<float> work(
                 qift::detail::jacobsthal_dft_narrow_kernel::work_floats(pc.p, q));
-            for (const auto& range : {std::pair<std::size_t, std::size_t>{1, 0},
-                                      {2, 0},
-                                      {3, 0},
-                                      {5, 0},
-                                      {7, 2},
-                                      {9, 4}}) {
-                const std::size_t cols = range.first, c0 = range.second;
+            // (cols, c0, pair_hadamard, scale): adjacent pairs (cols = 2), strided pairs, a
+            // last single column, column ranges inside wider panels, with and without the
+            // fused 2-point FWHT and scale.
+            struct range_case {
+                std::size_t cols, c0;
+                bool pair_hadamard;
+                float scale;
+            };
+            for (const range_case& range : {range_case{1, 0, false, 1.0f},
+                                            {2, 0, false, 1.0f},
+                                            {3, 0, false, 1.0f},
+                                            {5, 0, false, 0.5f},
+                                            {7, 2, false, 1.0f},
+                                            {9, 4, false, 1.0f},
+                                            {2, 0, true, 0.25f},
+                                            {4, 0, true, 1.0f},
+                                            {9, 3, true, 0.75f}}) {
+                const std::size_t cols = range.cols, c0 = range.c0;
                 CAPTURE(q);
                 CAPTURE(transpose);
                 CAPTURE(cols);
                 CAPTURE(c0);
+                CAPTURE(range.pair_hadamard);
                 const std::vector<float> x =
                     random_vector(m * cols, static_cast<std::uint32_t>(q + cols));
                 std::vector<float> ref(m * cols), a = x;
                 qift::detail::hadamard_mix_reference(h.data(), m, x.data(), ref.data(), cols);
+                for (std::size_t i = 0; i < m; ++i)
+                    for (std::size_t c = c0; c < cols; c += 2) {
+                        float* y = ref.data() + i * cols + c;
+                        if (range.pair_hadamard)
+                            std::tie(y[0], y[1]) = std::pair(y[0] + y[1], y[0] - y[1]);
+                        y[0] *= range.scale;
+                        if (c + 1 < cols) y[1] *= range.scale;
+                    }
+                prm.pair_hadamard = range.pair_hadamard;
+                prm.scale = range.scale;
                 qift::detail::jacobsthal_dft_narrow_kernel{}(Arch{}, prm, a.data(), cols, c0, cols,
                                                              work.data());
                 double err = 0, s = 0;
@@ -797,6 +821,60 @@ void check_fast_core_kernels() {
 }
 
 }  // namespace
+
+#if defined(__AVX512F__)
+TEST_CASE("hadamard: the packed AVX-512 DFTs and lane convolutions match the scalar ones") {
+    // packed_dft<P> on P registers of 8 complex lanes ([re | im] halves), every lane against
+    // the double DFT; convolve against the direct circulant sum over the P live lanes (the
+    // padding lanes P .. 7 stay zero).
+    auto check = [](auto p_constant) {
+        constexpr std::size_t P = decltype(p_constant)::value;
+        CAPTURE(P);
+        const qift::detail::packed_dft<P> dft;
+        for (bool inverse : {false, true}) {
+            CAPTURE(inverse);
+            const std::vector<float> x = random_vector(16 * P, static_cast<std::uint32_t>(P));
+            __m512 v[P];
+            for (std::size_t t = 0; t < P; ++t) v[t] = _mm512_loadu_ps(x.data() + 16 * t);
+            if (inverse)
+                dft.template dft<true>(v);
+            else
+                dft.template dft<false>(v);
+            std::vector<float> a(16 * P);
+            for (std::size_t t = 0; t < P; ++t) _mm512_storeu_ps(a.data() + 16 * t, v[t]);
+            double err = 0, ref = 0;
+            for (std::size_t lane = 0; lane < 8; ++lane) {
+                std::vector<std::complex<double>> y(P);
+                for (std::size_t t = 0; t < P; ++t) y[t] = {x[16 * t + lane], x[16 * t + 8 + lane]};
+                qift::detail::dft_reference(y.data(), P, inverse);
+                for (std::size_t t = 0; t < P; ++t) {
+                    err += std::norm(std::complex<double>(a[16 * t + lane], a[16 * t + 8 + lane]) -
+                                     y[t]);
+                    ref += std::norm(y[t]);
+                }
+            }
+            CHECK(std::sqrt(err / ref) < 1e-6);
+        }
+        std::vector<float> x = random_vector(16, 7), k = random_vector(16, 8);
+        for (std::size_t l = P; l < 8; ++l) x[l] = x[8 + l] = 0.0f;
+        alignas(64) float y[16];
+        _mm512_store_ps(y, dft.convolve(k.data(), _mm512_loadu_ps(x.data())));
+        double err = 0, ref = 0;
+        for (std::size_t a = 0; a < 8; ++a) {
+            std::complex<double> want = 0;
+            for (std::size_t b = 0; a < P && b < P; ++b)
+                want += std::complex<double>(k[(a + P - b) % P], k[8 + (a + P - b) % P]) *
+                        std::complex<double>(x[b], x[8 + b]);
+            err += std::norm(std::complex<double>(y[a], y[8 + a]) - want);
+            ref += std::norm(want);
+        }
+        CHECK(std::sqrt(err / ref) < 1e-6);
+    };
+    check(std::integral_constant<std::size_t, 3>{});
+    check(std::integral_constant<std::size_t, 5>{});
+    check(std::integral_constant<std::size_t, 7>{});
+}
+#endif
 
 TEST_CASE("hadamard: the Rader, narrow DFT and codelet kernels match the dense cores") {
     CHECK(!qift::detail::make_paley_block(148).rader_radix.empty());

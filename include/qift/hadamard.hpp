@@ -247,13 +247,17 @@ inline std::shared_ptr<const hadamard_plan> make_hadamard_plan(std::size_t n, co
 /// unsupported n, the message starting with `where`.
 inline std::shared_ptr<const hadamard_plan> hadamard_plan_for(
     std::size_t n, const char* where = "qift::hadamard_transform") {
+    // The last plan this thread used, without the lock and the lookup (a transform of n = 688
+    // costs about 400 ns, the locked lookup about 6).
+    thread_local std::shared_ptr<const hadamard_plan> last;
+    if (last && last->n == n) return last;
     static std::mutex mutex;
     static std::unordered_map<std::size_t, std::shared_ptr<const hadamard_plan>> cache;
     std::lock_guard lock(mutex);
-    if (auto it = cache.find(n); it != cache.end()) return it->second;
+    if (auto it = cache.find(n); it != cache.end()) return last = it->second;
     auto plan = make_hadamard_plan(n, where);
     cache.emplace(n, plan);
-    return plan;
+    return last = plan;
 }
 
 inline float hadamard_scale(std::size_t n, hadamard_norm norm) noexcept {
@@ -288,6 +292,33 @@ bool dft_covers(const kron_block& b, std::size_t cols) noexcept {
     return b.dft_p != 0 && (b.dft_narrow || fast_core_columns<Arch>(cols) == cols);
 }
 
+// The GF(p^r) field and border of block b (tr: 0, or 1 for the transpose).
+inline jacobsthal_field dft_field(const kron_block& b, std::size_t tr) noexcept {
+    jacobsthal_field f;
+    f.p = b.dft_p;
+    f.r = b.dft_r;
+    f.q = b.core - 1;
+    f.tau = b.tau[tr];
+    f.sigma = b.sigma[tr];
+    return f;
+}
+
+// x <- core · x on the columns [c0, cols) by the narrow GF(p^r) kernel, then (columns in pairs)
+// the 2-point FWHT when pair_hadamard, then times scale.
+template <class Arch>
+void apply_narrow_dft_core(const kron_block& b, std::size_t tr, float* x, std::size_t cols,
+                           std::size_t c0, float scale = 1.0f,
+                           bool pair_hadamard = false) noexcept {
+    jacobsthal_dft_narrow_params prm;
+    static_cast<jacobsthal_field&>(prm) = dft_field(b, tr);
+    prm.conv = b.dft_conv[tr].data();
+    prm.scale = scale;
+    prm.pair_hadamard = pair_hadamard;
+    float* work = thread_scratch<scratch_slot::hadamard_dft_narrow>(
+        jacobsthal_dft_narrow_kernel::work_floats(prm.p, prm.q));
+    jacobsthal_dft_narrow_kernel{}(Arch{}, prm, x, cols, c0, cols, work);
+}
+
 // x <- core · x in place by the GF(p^r) DFT forms (dft_covers): the wide kernel on whole groups
 // of 2W columns, the narrow one on the rest.
 template <class Arch>
@@ -295,26 +326,11 @@ void apply_dft_core(const kron_block& b, std::size_t tr, float* x, std::size_t c
     const std::size_t wide = fast_core_columns<Arch>(cols);
     if (wide) {
         jacobsthal_dft_params prm;
-        prm.p = b.dft_p;
-        prm.r = b.dft_r;
-        prm.q = b.core - 1;
-        prm.tau = b.tau[tr];
-        prm.sigma = b.sigma[tr];
+        static_cast<jacobsthal_field&>(prm) = dft_field(b, tr);
         prm.mul = b.dft_mul[tr].data();
         jacobsthal_dft_kernel{}(Arch{}, prm, x, cols, wide);
     }
-    if (wide < cols) {
-        jacobsthal_dft_narrow_params prm;
-        prm.p = b.dft_p;
-        prm.r = b.dft_r;
-        prm.q = b.core - 1;
-        prm.tau = b.tau[tr];
-        prm.sigma = b.sigma[tr];
-        prm.conv = b.dft_conv[tr].data();
-        float* work = thread_scratch<scratch_slot::hadamard_dft_narrow>(
-            jacobsthal_dft_narrow_kernel::work_floats(prm.p, prm.q));
-        jacobsthal_dft_narrow_kernel{}(Arch{}, prm, x, cols, wide, cols, work);
-    }
+    if (wide < cols) apply_narrow_dft_core<Arch>(b, tr, x, cols, wide);
 }
 
 // out = core · in on the columns [0, wide) by the Rader form; in == out allowed.
@@ -411,6 +427,13 @@ template <class Arch>
 void apply_hadamard_plan(const hadamard_plan& plan, float* x, bool transpose, float scale) {
     constexpr std::size_t w = xsimd::batch<float, Arch>::size;
     const std::size_t n = plan.n, len = plan.shape.power_of_two;
+    // One GF(p^r) block (no Paley II pairs) on a K×1 or K×2 panel (n = 344·2 = 688): the narrow
+    // kernel also does the FWHT of the rows and the scale, in its output stage.
+    if (plan.blocks.size() == 1 && len <= 2 && !plan.blocks[0].pairs && plan.blocks[0].dft_narrow &&
+        fast_core_columns<Arch>(len) == 0) {
+        apply_narrow_dft_core<Arch>(plan.blocks[0], transpose ? 1 : 0, x, len, 0, scale, len == 2);
+        return;
+    }
     if (len >= 2 * w) {
         fwht_kernel{}.rows(Arch{}, x, n, len, scale);
     } else if (len > 1 || scale != 1.0f) {

@@ -15,6 +15,7 @@
 #include <complex>
 #include <cstddef>
 #include <cstdint>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -924,12 +925,17 @@ inline void dft_reference(std::complex<double>* x, std::size_t p, bool inverse) 
 /// The complex multipliers jacobsthal_dft_kernel applies in the DFT domain, for a Jacobsthal
 /// matrix with eigenvalues Λ (see jacobsthal_eigenvalues): mul[2u] + i·mul[2u+1] =
 /// (d + ε·Λ(u)) / q, the core being [[d', τ·1ᵀ], [σ·1, d·I + ε·Q]].
-struct jacobsthal_dft_params {
+/// The field and border of a bordered Jacobsthal core of order q + 1 over GF(p^r): the border
+/// signs τ (row 0) and σ (column 0), and the corner d'.
+struct jacobsthal_field {
     std::size_t p = 0;
     unsigned r = 0;
     std::size_t q = 0;
     int tau = 1, sigma = 1;
-    float diag = 1.0f;           ///< the corner d' (= d)
+    float diag = 1.0f;  ///< the corner d' (= d)
+};
+
+struct jacobsthal_dft_params : jacobsthal_field {
     const float* mul = nullptr;  ///< 2q floats
 };
 
@@ -1017,6 +1023,96 @@ struct jacobsthal_dft_kernel {
 };
 
 // ---------------------------------------------------------------------------------------
+// Complex rows packed in one AVX-512 register
+
+#if defined(__AVX512F__)
+/// Small DFTs and circulant products on complex rows of 8 lanes packed in one 16-float
+/// register, the real parts in the low half and the imaginary parts in the high one (the row
+/// layout of jacobsthal_dft_narrow_kernel for p <= 8): every complex add is one instruction
+/// instead of two, and a multiply by ±i is a swap of the halves. P odd, P <= 7.
+template <std::size_t P>
+struct packed_dft {
+    static_assert(P % 2 == 1 && P <= 7, "packed_dft: odd P <= 7");
+    static constexpr std::size_t h = (P - 1) / 2;  // the pairs (t, P - t), t = 1 .. h
+
+    alignas(64) float c[h + 1][h + 1] = {}, s[h + 1][h + 1] = {};
+    /// rot[m]: the permutation moving lane a - m to lane a (mod P) in both halves (a < P; the
+    /// padding lanes P .. 7 stay in place), so y = Σ_m K(m)·rot_m(x) is y_a = Σ_b K(a - b)·x_b.
+    alignas(64) std::int32_t rot[P][16] = {};
+    alignas(64) float sign[16] = {};  ///< +1 in the low half, -1 in the high one
+
+    packed_dft() noexcept {
+        const dft_twiddles<P> tw;
+        for (std::size_t k = 1; k <= h; ++k)
+            for (std::size_t t = 1; t <= h; ++t) {
+                c[k][t] = tw.c[k][t];
+                s[k][t] = tw.s[k][t];
+            }
+        for (std::size_t m = 0; m < P; ++m)
+            for (std::size_t half = 0; half < 2; ++half)
+                for (std::size_t a = 0; a < 8; ++a)
+                    rot[m][half * 8 + a] =
+                        static_cast<std::int32_t>(half * 8 + (a < P ? (a + P - m) % P : a));
+        for (std::size_t l = 0; l < 16; ++l) sign[l] = l < 8 ? 1.0f : -1.0f;
+    }
+
+    // The full-mask forms: GCC 12's unmasked ones read an undefined register and trip
+    // -Wmaybe-uninitialized.
+    static constexpr __mmask16 all = 0xFFFF;
+
+    /// [high half | low half].
+    QIFT_HADAMARD_INLINE static __m512 swap_halves(__m512 v) noexcept {
+        return _mm512_mask_shuffle_f32x4(v, all, v, v, 0x4E);
+    }
+
+    /// The P-point DFT (forward ω^(-kt) or inverse ω^(+kt), unscaled, ω = e^(2πi/P)) across
+    /// the registers v[0 .. P-1], in place, lane by lane. With s_t = x_t + x_(P-t) and d_t =
+    /// x_t - x_(P-t): X_k = A_k - i·B_k, X_(P-k) = A_k + i·B_k, A_k = x_0 + Σ_t cos·s_t, B_k =
+    /// Σ_t sin·d_t, and -i·B is [Im B | -Re B]: B is summed from the swapped d_t, then signed.
+    template <bool Inverse>
+    QIFT_HADAMARD_INLINE void dft(__m512* v) const noexcept {
+        const __m512 sg = _mm512_load_ps(sign);
+        __m512 sum[h + 1], dif[h + 1];
+        const __m512 x0 = v[0];
+        __m512 out = x0;
+        static_for<h>([&](auto tm1) QIFT_HADAMARD_LAMBDA_INLINE {
+            constexpr std::size_t t = tm1 + 1;
+            sum[t] = _mm512_add_ps(v[t], v[P - t]);
+            dif[t] = swap_halves(_mm512_sub_ps(v[t], v[P - t]));
+            out = _mm512_add_ps(out, sum[t]);
+        });
+        v[0] = out;
+        static_for<h>([&](auto km1) QIFT_HADAMARD_LAMBDA_INLINE {
+            constexpr std::size_t k = km1 + 1;
+            __m512 a = x0, b = _mm512_mul_ps(dif[1], _mm512_set1_ps(s[k][1]));
+            static_for<h>([&](auto tm1) QIFT_HADAMARD_LAMBDA_INLINE {
+                constexpr std::size_t t = tm1 + 1;
+                a = _mm512_fmadd_ps(sum[t], _mm512_set1_ps(c[k][t]), a);
+                if constexpr (t > 1) b = _mm512_fmadd_ps(dif[t], _mm512_set1_ps(s[k][t]), b);
+            });
+            v[Inverse ? P - k : k] = _mm512_fmadd_ps(b, sg, a);
+            v[Inverse ? k : P - k] = _mm512_fnmadd_ps(b, sg, a);
+        });
+    }
+
+    /// y_a = Σ_b K(a - b mod P)·x_b for one packed row x (complex, lanes a, b < P), K(m) given
+    /// as k[m] + i·k[8 + m]: Σ_m K(m)·rot_m(x), the real and imaginary parts of K in two
+    /// accumulators, combined by one swap: Re K·x = [Re | Im] and Im K·x = [-Im | Re].
+    QIFT_HADAMARD_INLINE __m512 convolve(const float* k, __m512 x) const noexcept {
+        __m512 re = _mm512_mul_ps(x, _mm512_set1_ps(k[0]));
+        __m512 im = _mm512_mul_ps(x, _mm512_set1_ps(k[8]));
+        static_for<P - 1>([&](auto mm1) QIFT_HADAMARD_LAMBDA_INLINE {
+            constexpr std::size_t m = mm1 + 1;
+            const __m512 xm = _mm512_mask_permutexvar_ps(x, all, _mm512_load_si512(rot[m]), x);
+            re = _mm512_fmadd_ps(xm, _mm512_set1_ps(k[m]), re);
+            im = _mm512_fmadd_ps(xm, _mm512_set1_ps(k[8 + m]), im);
+        });
+        return _mm512_fnmadd_ps(swap_halves(im), _mm512_load_ps(sign), re);
+    }
+};
+#endif
+
+// ---------------------------------------------------------------------------------------
 // Jacobsthal core over GF(p^r) on panels narrower than 2W columns
 
 /// Complex lanes of one row of jacobsthal_dft_narrow_kernel (its table and its work rows): p
@@ -1025,9 +1121,9 @@ inline constexpr std::size_t narrow_dft_lanes(std::size_t p) noexcept {
     return p <= 8 ? 8 : 16;
 }
 
-/// The batch architecture jacobsthal_dft_narrow_kernel computes with for Arch: 8-float AVX2
-/// registers under AVX-512 (a row of p <= 8 lanes fills one, not half of a 16-float one),
-/// Arch itself elsewhere (AVX2: 8 floats; SSE, NEON: 4).
+/// The batch architecture of jacobsthal_dft_narrow_kernel's portable path for Arch: 8-float
+/// AVX2 registers under AVX-512 (there only p = 11, 13 take that path; p <= 7 runs on packed
+/// 16-float rows), Arch itself elsewhere (AVX2: 8 floats; SSE, NEON: 4).
 template <class Arch>
 struct narrow_dft_arch {
     using type = Arch;
@@ -1042,28 +1138,34 @@ struct narrow_dft_arch<Arch> {
 
 /// The table of jacobsthal_dft_narrow_kernel for the core [[d', τ·1ᵀ], [σ·1, M]] over GF(p^r)
 /// with M = d·I + ε·Q, the convolution over (Z_p)^r by M(a) = d·[a = 0] + ε·χ(a).
-struct jacobsthal_dft_narrow_params {
-    std::size_t p = 0;
-    unsigned r = 0;  ///< >= 2
-    std::size_t q = 0;
-    int tau = 1, sigma = 1;
-    float diag = 1.0f;  ///< the corner d'
+struct jacobsthal_dft_narrow_params : jacobsthal_field {  // r >= 2
     /// (q/p)·p·2·L floats, L = narrow_dft_lanes(p): conv[((u·p + b)·2 + part)·L + a] =
     /// K_u(a - b mod p) (part 0: real, 1: imaginary; 0 for a >= p), K_u(m_0) the DFT of M along
     /// the base-p digits 1 .. r-1 at the frequency u (u = Σ_i u_i·p^(i-1)), divided by p^(r-1).
     const float* conv = nullptr;
+    /// The output of each column pair (c, c+1) times `scale`, after the 2-point Walsh-Hadamard
+    /// transform (y_c, y_(c+1)) <- (y_c + y_(c+1), y_c - y_(c+1)) when `pair_hadamard` (then
+    /// c1 - c0 is even): the FWHT of a K×2 panel's rows and the transform's scale, fused into
+    /// the core's output (H_K ⊗ H_2 = (I ⊗ H_2)·(H_K ⊗ I)).
+    float scale = 1.0f;
+    bool pair_hadamard = false;
 };
 
 /// y = core · x in place on the columns [c0, c1) of the (q+1)×cols row-major panel x, for
-/// panels too narrow for jacobsthal_dft_kernel (q = p^r, r >= 2, p in {3, 5, 7, 11, 13}).
+/// panels too narrow for jacobsthal_dft_kernel (q = p^r, r >= 2, p in {3, 5, 7, 11, 13}), then
+/// the pair transform and scale of the params.
 /// Columns go in pairs (the real and imaginary parts of one complex column; a last odd column
 /// gets a zero imaginary part). The q values of a complex column are laid out as p^(r-1) rows
 /// (base-p digits 1 .. r-1) of L lanes (digit 0): the DFT passes along the digits 1 .. r-1 run
 /// vectorized across the lanes, and digit 0, which lies inside the registers, is convolved
-/// directly in the DFT domain of the other digits (a p×p complex circulant per row, each input
-/// lane broadcast from memory), then the inverse passes. `work` holds
-/// work_floats(p, q) floats. O(q·(2(r-1)·p/2 + 2p)) multiply-adds per complex column instead of
-/// the dense core's 2q².
+/// directly in the DFT domain of the other digits (a p×p complex circulant per row), then the
+/// inverse passes. Under AVX-512 with p <= 7 a row is one packed 16-float register
+/// (packed_dft: [re | im] halves, the circulant as p lane rotations times broadcast taps), the
+/// last digit's passes and the convolution run in registers, and the column pair is read and
+/// written by the first and last passes (no separate gather or scatter); elsewhere the rows are
+/// two registers of narrow_dft_arch and the circulant takes each input lane broadcast from
+/// memory. `work` holds work_floats(p, q) floats. O(q·(2(r-1)·p/2 + 2p)) multiply-adds per
+/// complex column instead of the dense core's 2q².
 struct jacobsthal_dft_narrow_kernel {
     static constexpr std::size_t work_floats(std::size_t p, std::size_t q) noexcept {
         return q / p * 2 * narrow_dft_lanes(p);
@@ -1072,6 +1174,20 @@ struct jacobsthal_dft_narrow_kernel {
     template <class Arch>
     void operator()(Arch, const jacobsthal_dft_narrow_params& prm, float* x, std::size_t cols,
                     std::size_t c0, std::size_t c1, float* work) const noexcept {
+#if defined(__AVX512F__)
+        if constexpr (is_avx512_arch<Arch>) {
+            switch (prm.p) {
+                case 3:
+                    return run_packed<3>(prm, x, cols, c0, c1, work);
+                case 5:
+                    return run_packed<5>(prm, x, cols, c0, c1, work);
+                case 7:
+                    return run_packed<7>(prm, x, cols, c0, c1, work);
+                default:
+                    break;
+            }
+        }
+#endif
         using narrow = typename narrow_dft_arch<Arch>::type;
         switch (prm.p) {
             case 3:
@@ -1095,6 +1211,149 @@ struct jacobsthal_dft_narrow_kernel {
     }
 
   private:
+#if defined(__AVX512F__)
+    // AVX-512, p <= 7: a row is one packed register (see packed_dft). The pass along the digit
+    // 1 reads the column pair from x and its inverse writes it back; the passes along the
+    // digits 2 .. r-2 go through `work`; the pass along the digit r-1, the convolution of every
+    // row and the inverse pass run on P rows in registers. When P panel rows (P·cols floats)
+    // fit two registers (cols <= 4 for p = 7), a column pair is read by two masked loads and a
+    // two-source permute and written by permutes and masked stores; wider panels use a gather
+    // and a scatter.
+    template <std::size_t P>
+    static void run_packed(const jacobsthal_dft_narrow_params& prm, float* x, std::size_t cols,
+                           std::size_t c0, std::size_t c1, float* work) noexcept {
+        static const packed_dft<P> dft;
+        constexpr std::size_t row = 16;
+        constexpr __mmask16 live = ((1u << P) - 1) | (((1u << P) - 1) << 8);
+        const std::size_t rows = prm.q / P;
+        std::size_t last = 1;  // the row step of the digit r - 1
+        for (unsigned t = 2; t < prm.r; ++t) last *= P;
+        // The P·cols floats of P panel rows (one work row) fit two registers when dense.
+        const std::size_t span = P * cols;
+        const bool dense = span <= 32;
+        const auto span_lo = static_cast<__mmask16>(span >= 16 ? 0xFFFF : (1u << span) - 1);
+        const auto span_hi = static_cast<__mmask16>(span <= 16   ? 0
+                                                    : span >= 32 ? 0xFFFF
+                                                                 : (1u << (span - 16)) - 1);
+        const __m512 sign = _mm512_load_ps(dft.sign), scale = _mm512_set1_ps(prm.scale);
+        for (std::size_t c = c0; c < c1; c += 2) {
+            const bool pair = c + 1 < c1, h2 = prm.pair_hadamard;
+            const __mmask16 lanes = pair ? live : live & 0xFF;
+            // Lane l of the low (high) half is float l·cols + c (+ 1) of the P rows; when dense,
+            // float f of them is lane pick_out[f] on the way out.
+            alignas(64) std::int32_t pick_in[16] = {}, pick_out[32] = {};
+            std::uint32_t out_mask = 0;
+            for (std::size_t l = 0; l < P; ++l)
+                for (std::size_t e = 0; e < (pair ? 2u : 1u); ++e) {
+                    const std::size_t f = l * cols + c + e;
+                    pick_in[e * 8 + l] = static_cast<std::int32_t>(f);
+                    if (!dense) continue;
+                    pick_out[f] = static_cast<std::int32_t>(e * 8 + l);
+                    out_mask |= 1u << f;
+                }
+            const auto out_lo = static_cast<__mmask16>(out_mask & 0xFFFF);
+            const auto out_hi = static_cast<__mmask16>(out_mask >> 16);
+            const __m512i in_at = _mm512_load_si512(pick_in);
+            const __m512i out_lo_at = _mm512_load_si512(pick_out);
+            const __m512i out_hi_at = _mm512_load_si512(pick_out + 16);
+            const float x0r = x[c], x0i = pair ? x[c + 1] : 0.0f;
+            float sr = static_cast<float>(prm.sigma) * x0r;
+            float si = static_cast<float>(prm.sigma) * x0i;
+            if (h2) std::tie(sr, si) = std::pair(sr + si, sr - si);
+            // Row u of the column pair in and out: on the way out, (re, im) <- (re + im, re -
+            // im) when h2, then times the scale, plus the (so transformed) σ·x_0.
+            const __m512 bias = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(sr * prm.scale),
+                                                     _mm512_set1_ps(si * prm.scale));
+            float* base = x + cols;
+            auto in = [&](std::size_t u) QIFT_HADAMARD_LAMBDA_INLINE {
+                const float* src = base + u * span;
+                if (!dense)
+                    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, in_at, src, 4);
+                const __m512 hi =
+                    span > 16 ? _mm512_maskz_loadu_ps(span_hi, src + 16) : _mm512_setzero_ps();
+                return _mm512_maskz_permutex2var_ps(lanes, _mm512_maskz_loadu_ps(span_lo, src),
+                                                    in_at, hi);
+            };
+            auto out = [&](std::size_t u, __m512 v) QIFT_HADAMARD_LAMBDA_INLINE {
+                if (h2) v = _mm512_fmadd_ps(v, sign, packed_dft<P>::swap_halves(v));
+                v = _mm512_fmadd_ps(v, scale, bias);
+                float* dst = base + u * span;
+                if (!dense) {
+                    _mm512_mask_i32scatter_ps(dst, lanes, in_at, v, 4);
+                    return;
+                }
+                _mm512_mask_storeu_ps(dst, out_lo,
+                                      _mm512_mask_permutexvar_ps(v, 0xFFFF, out_lo_at, v));
+                if (out_hi)
+                    _mm512_mask_storeu_ps(dst + 16, out_hi,
+                                          _mm512_mask_permutexvar_ps(v, 0xFFFF, out_hi_at, v));
+            };
+            auto load = [&](std::size_t u)
+                            QIFT_HADAMARD_LAMBDA_INLINE { return _mm512_loadu_ps(work + u * row); };
+            auto store = [&](std::size_t u, __m512 v)
+                             QIFT_HADAMARD_LAMBDA_INLINE { _mm512_storeu_ps(work + u * row, v); };
+            __m512 zero_frequency;
+            if (last == 1) {
+                zero_frequency = fused<P>(dft, prm.conv, 1, in, out);
+            } else {
+                pass<P, false>(dft, rows, 1, in, store);
+                for (std::size_t s = P; s < last; s *= P) pass<P, false>(dft, rows, s, load, store);
+                zero_frequency = fused<P>(dft, prm.conv, last, load, store);
+                for (std::size_t s = P; s < last; s *= P) pass<P, true>(dft, rows, s, load, store);
+                pass<P, true>(dft, rows, 1, load, out);
+            }
+            // Σ_a x'_a: the lanes of the zero frequency row.
+            alignas(64) float zf[row];
+            _mm512_store_ps(zf, zero_frequency);
+            float sum_r = 0.0f, sum_i = 0.0f;
+            for (std::size_t l = 0; l < P; ++l) {
+                sum_r += zf[l];
+                sum_i += zf[8 + l];
+            }
+            store_pair(prm, x + c, pair, prm.diag * x0r + static_cast<float>(prm.tau) * sum_r,
+                       prm.diag * x0i + static_cast<float>(prm.tau) * sum_i);
+        }
+    }
+
+    // One pass of packed P-point DFTs along the digit of row step s (rows a multiple of P·s):
+    // row u comes from load(u) and goes to store(u, v).
+    template <std::size_t P, bool Inverse, class Load, class Store>
+    QIFT_HADAMARD_INLINE static void pass(const packed_dft<P>& dft, std::size_t rows, std::size_t s,
+                                          Load&& load, Store&& store) noexcept {
+        for (std::size_t hi = 0; hi < rows; hi += P * s)
+            for (std::size_t lo = 0; lo < s; ++lo) {
+                __m512 v[P];
+                static_for<P>([&](auto t)
+                                  QIFT_HADAMARD_LAMBDA_INLINE { v[t] = load(hi + lo + t * s); });
+                dft.template dft<Inverse>(v);
+                static_for<P>([&](auto t)
+                                  QIFT_HADAMARD_LAMBDA_INLINE { store(hi + lo + t * s, v[t]); });
+            }
+    }
+
+    // The last digit (row step `last`, P·last rows): forward DFT, the convolution of every row
+    // (table row u at conv + u·P·16), inverse DFT, on P rows in registers. Returns row 0 after
+    // the forward DFT (the zero frequency).
+    template <std::size_t P, class Load, class Store>
+    QIFT_HADAMARD_INLINE static __m512 fused(const packed_dft<P>& dft, const float* conv,
+                                             std::size_t last, Load&& load,
+                                             Store&& store) noexcept {
+        __m512 zero_frequency = _mm512_setzero_ps();
+        for (std::size_t lo = 0; lo < last; ++lo) {
+            __m512 v[P];
+            static_for<P>([&](auto t) QIFT_HADAMARD_LAMBDA_INLINE { v[t] = load(lo + t * last); });
+            dft.template dft<false>(v);
+            if (lo == 0) zero_frequency = v[0];
+            static_for<P>([&](auto t) QIFT_HADAMARD_LAMBDA_INLINE {
+                v[t] = dft.convolve(conv + (lo + t * last) * P * 16, v[t]);
+            });
+            dft.template dft<true>(v);
+            static_for<P>([&](auto t) QIFT_HADAMARD_LAMBDA_INLINE { store(lo + t * last, v[t]); });
+        }
+        return zero_frequency;
+    }
+#endif
+
     template <class Arch, std::size_t P>
     static void run(const jacobsthal_dft_narrow_params& prm, float* x, std::size_t cols,
                     std::size_t c0, std::size_t c1, float* work) noexcept {
@@ -1141,14 +1400,21 @@ struct jacobsthal_dft_narrow_kernel {
             float* dst = x + cols + c;
             for (std::size_t u = 0; u < rows; ++u) {
                 const float* from = work + u * row;
-                for (std::size_t l = 0; l < P; ++l, dst += cols) {
-                    dst[0] = sr + from[at(l)];
-                    if (pair) dst[1] = si + from[at(l) + w];
-                }
+                for (std::size_t l = 0; l < P; ++l, dst += cols)
+                    store_pair(prm, dst, pair, sr + from[at(l)], si + from[at(l) + w]);
             }
-            x[c] = prm.diag * x0r + static_cast<float>(prm.tau) * sum_r;
-            if (pair) x[c + 1] = prm.diag * x0i + static_cast<float>(prm.tau) * sum_i;
+            store_pair(prm, x + c, pair, prm.diag * x0r + static_cast<float>(prm.tau) * sum_r,
+                       prm.diag * x0i + static_cast<float>(prm.tau) * sum_i);
         }
+    }
+
+    // The output pair (re, im) of one row into dst[0], dst[1] (dst[0] only when !pair), after
+    // the pair transform and scale of prm.
+    static void store_pair(const jacobsthal_dft_narrow_params& prm, float* dst, bool pair, float re,
+                           float im) noexcept {
+        if (prm.pair_hadamard) std::tie(re, im) = std::pair(re + im, re - im);
+        dst[0] = prm.scale * re;
+        if (pair) dst[1] = prm.scale * im;
     }
 
     // One row: y_a = Σ_b K(a - b)·x_b over the P lanes (complex), in place.
