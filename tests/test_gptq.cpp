@@ -18,7 +18,7 @@ using namespace qift;
 
 namespace {
 
-matrix<float> random_matrix(std::size_t rows, std::size_t cols, unsigned seed) {
+matrix<float> gptq_random_matrix(std::size_t rows, std::size_t cols, unsigned seed) {
     std::mt19937 rng(seed);
     std::normal_distribution<float> nd;
     matrix<float> m(rows, cols);
@@ -29,8 +29,8 @@ matrix<float> random_matrix(std::size_t rows, std::size_t cols, unsigned seed) {
 // Calibration inputs with correlated features: x = z·M, M a random mixing matrix plus a
 // per-feature scale spread over two orders of magnitude.
 matrix<float> correlated_inputs(std::size_t tokens, std::size_t in, unsigned seed) {
-    const matrix<float> z = random_matrix(tokens, in, seed);
-    const matrix<float> m = random_matrix(in, in, seed + 1);
+    const matrix<float> z = gptq_random_matrix(tokens, in, seed);
+    const matrix<float> m = gptq_random_matrix(in, in, seed + 1);
     matrix<float> x(tokens, in);
     for (std::size_t t = 0; t < tokens; ++t)
         for (std::size_t j = 0; j < in; ++j) {
@@ -181,8 +181,9 @@ TEST_CASE_TEMPLATE("gemm_sub matches the scalar reference", T, float, double) {
         CAPTURE(m);
         CAPTURE(n);
         CAPTURE(k);
-        const matrix<float> af = random_matrix(m, k + 3, 1), bf = random_matrix(k, n + 2, 2),
-                            cf = random_matrix(m, n + 1, 3);
+        const matrix<float> af = gptq_random_matrix(m, k + 3, 1),
+                            bf = gptq_random_matrix(k, n + 2, 2),
+                            cf = gptq_random_matrix(m, n + 1, 3);
         matrix<T> a(m, k + 3), b(k, n + 2), c(m, n + 1), ref;
         for (std::size_t i = 0; i < a.size(); ++i) a.data()[i] = static_cast<T>(af.data()[i]);
         for (std::size_t i = 0; i < b.size(); ++i) b.data()[i] = static_cast<T>(bf.data()[i]);
@@ -263,7 +264,7 @@ TEST_CASE("inverse_cholesky_upper_transposed reports an indefinite matrix") {
 
 TEST_CASE("hessian_accumulator: (2/N)·XᵀX, independent of how the tokens are batched") {
     const std::size_t in = 37, tokens = 300;
-    const matrix<float> x = random_matrix(tokens, in, 11);
+    const matrix<float> x = gptq_random_matrix(tokens, in, 11);
     hessian_accumulator one(in), three(in);
     one.add(x.view());
     three.add(matrix_view<const float>(x.data(), 100, in));
@@ -296,7 +297,7 @@ TEST_CASE("hessian_accumulator: (2/N)·XᵀX, independent of how the tokens are 
 TEST_CASE_TEMPLATE("gptq with H = I is round-to-nearest with the same scales", L,
                    QIFT_GPTQ_LEVEL_SETS) {
     const std::size_t out = 19, in = 96;
-    const matrix<float> w = random_matrix(out, in, 21);
+    const matrix<float> w = gptq_random_matrix(out, in, 21);
     matrix<double> h(in, in);
     for (std::size_t i = 0; i < in; ++i) h(i, i) = 1.0;
     for (std::size_t group : {0u, 32u}) {
@@ -324,7 +325,7 @@ TEST_CASE_TEMPLATE("gptq with H = I is round-to-nearest with the same scales", L
 
 TEST_CASE_TEMPLATE("gptq beats round-to-nearest on correlated inputs", L, QIFT_GPTQ_LEVEL_SETS) {
     const std::size_t out = 16, in = 64;
-    const matrix<float> w = random_matrix(out, in, 31);
+    const matrix<float> w = gptq_random_matrix(out, in, 31);
     const matrix<float> x = correlated_inputs(256, in, 32);
     const matrix<double> h = hessian_of(x);
     for (std::size_t group : {0u, 16u}) {
@@ -345,7 +346,7 @@ TEST_CASE_TEMPLATE("gptq beats round-to-nearest on correlated inputs", L, QIFT_G
 TEST_CASE_TEMPLATE("gptq matches an unblocked, non-lazy implementation", L, levels::mnz,
                    levels::asymmetric, levels::standard, levels::nf2, levels::int4) {
     const std::size_t out = 13, in = 96;
-    const matrix<float> w = random_matrix(out, in, 41);
+    const matrix<float> w = gptq_random_matrix(out, in, 41);
     const matrix<double> h = hessian_of(correlated_inputs(200, in, 42));
     struct config {
         std::size_t block, group;
@@ -395,7 +396,7 @@ TEST_CASE_TEMPLATE("gptq matches an unblocked, non-lazy implementation", L, leve
 
 TEST_CASE("gptq act-order: permutation by descending diag(H), undone in the output") {
     const std::size_t out = 11, in = 48;
-    const matrix<float> w = random_matrix(out, in, 51);
+    const matrix<float> w = gptq_random_matrix(out, in, 51);
     const matrix<double> h = hessian_of(correlated_inputs(150, in, 52));
     gptq_options opt;
     opt.block_size = 16;
@@ -429,8 +430,8 @@ TEST_CASE("gptq act-order: permutation by descending diag(H), undone in the outp
 
 TEST_CASE("gptq handles rank-deficient and singular Hessians") {
     const std::size_t out = 9, in = 40;
-    const matrix<float> w = random_matrix(out, in, 61);
-    matrix<float> x = random_matrix(10, in, 62);  // 10 tokens: rank ≤ 10 < 40
+    const matrix<float> w = gptq_random_matrix(out, in, 61);
+    matrix<float> x = gptq_random_matrix(10, in, 62);  // 10 tokens: rank ≤ 10 < 40
     for (std::size_t t = 0; t < x.rows(); ++t) x(t, 5) = x(t, 17) = 0.0f;  // two dead columns
     const matrix<double> h = hessian_of(x);
     gptq_options opt;
@@ -461,7 +462,7 @@ TEST_CASE("gptq handles rank-deficient and singular Hessians") {
 
 TEST_CASE("gptq gives up on an indefinite Hessian with a qift::error") {
     const std::size_t in = 8;
-    const matrix<float> w = random_matrix(3, in, 71);
+    const matrix<float> w = gptq_random_matrix(3, in, 71);
     matrix<double> h(in, in);
     for (std::size_t i = 0; i < in; ++i) h(i, i) = 1.0;
     h(0, 1) = h(1, 0) = 50.0;  // eigenvalue −49; ×10 damping twice is not enough
@@ -476,7 +477,7 @@ TEST_CASE("gptq gives up on an indefinite Hessian with a qift::error") {
 }
 
 TEST_CASE("gptq validates its inputs") {
-    const matrix<float> w = random_matrix(4, 8, 81);
+    const matrix<float> w = gptq_random_matrix(4, 8, 81);
     matrix<double> h(8, 8);
     for (std::size_t i = 0; i < 8; ++i) h(i, i) = 1.0;
     const matrix<double> wrong(7, 7);
@@ -505,7 +506,7 @@ TEST_CASE("gptq validates its inputs") {
 
 TEST_CASE("gptq: float Hessian, progress reports and parallel executors agree") {
     const std::size_t out = 40, in = 64;
-    const matrix<float> w = random_matrix(out, in, 91);
+    const matrix<float> w = gptq_random_matrix(out, in, 91);
     const matrix<double> h = hessian_of(correlated_inputs(120, in, 92));
     matrix<float> hf(in, in);
     for (std::size_t i = 0; i < h.size(); ++i) hf.data()[i] = static_cast<float>(h.data()[i]);

@@ -25,7 +25,7 @@ using namespace qift;
 
 namespace {
 
-const std::string models = std::string(QIFT_SHARED_DIR) + "/models/";
+const std::string hf_models = std::string(QIFT_SHARED_DIR) + "/models/";
 
 std::filesystem::path temp_dir(const std::string& name) {
     const auto p = std::filesystem::temp_directory_path() /
@@ -460,8 +460,8 @@ TEST_CASE("hf: prose6M exported in float16 and bfloat16 equals the llama2.c chec
         return;
     }
     const std::string root = env;
-    const auto ckpt = load_llama2c(models + "prose6M.bin");
-    const auto ids = load_token_ids(models + "prose6M_test.npy", ckpt.config.vocab_size);
+    const auto ckpt = load_llama2c(hf_models + "prose6M.bin");
+    const auto ids = load_token_ids(hf_models + "prose6M_test.npy", ckpt.config.vocab_size);
     const std::size_t windows = 32;
     const double ppl32 =
         evaluate(float_model(llama_weights::from(ckpt)), ids, {.max_windows = windows}).perplexity;

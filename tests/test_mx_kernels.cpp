@@ -22,7 +22,7 @@ namespace {
 constexpr mx_rounding all_modes[] = {mx_rounding::nearest, mx_rounding::even, mx_rounding::floor};
 constexpr detail::mx_path all_paths[] = {detail::mx_path::scalar, detail::mx_path::avx2,
                                          detail::mx_path::avx512};
-constexpr double eps = 1.0 / (1 << 24);
+constexpr double mx_eps = 1.0 / (1 << 24);
 
 float from_bits(std::uint32_t b) {
     return std::bit_cast<float>(b);
@@ -321,8 +321,8 @@ TEST_CASE("mx kernels: MXFP4 x MXFP4 GEMV matches the reference on odd shapes, e
                     if (p == detail::mx_path::scalar || qw.blocks_per_row() == 1) {
                         CHECK(yp[r] == ref[r]);  // same order, or a single exact term
                     } else {
-                        const double bound =
-                            double(qw.blocks_per_row() + 16) * eps * term_magnitude(qw, r, qa, 0);
+                        const double bound = double(qw.blocks_per_row() + 16) * mx_eps *
+                                             term_magnitude(qw, r, qa, 0);
                         CHECK(std::fabs(double(yp[r]) - double(ref[r])) <= bound);
                     }
                 }
@@ -373,7 +373,7 @@ TEST_CASE("mx kernels: MXFP4 x float GEMV matches the reference on odd shapes, e
                     double mag = 0.0;
                     for (std::size_t k = 0; k < cols; ++k)
                         mag += std::fabs(double(dw(r, k)) * x(0, k));
-                    const double bound = 2.0 * double(32 + qw.blocks_per_row()) * eps * mag;
+                    const double bound = 2.0 * double(32 + qw.blocks_per_row()) * mx_eps * mag;
                     CHECK(std::fabs(double(yp[r]) - double(ref[r])) <= bound);
                 }
             }

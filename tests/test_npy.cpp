@@ -40,7 +40,7 @@ std::string floats_le(std::initializer_list<float> v) {
     return s;
 }
 
-std::filesystem::path temp_file(const std::string& name) {
+std::filesystem::path npy_temp_file(const std::string& name) {
     return std::filesystem::temp_directory_path() /
            ("qift_test_npy_" + std::to_string(::getpid()) + "_" + name);
 }
@@ -50,7 +50,7 @@ std::filesystem::path temp_file(const std::string& name) {
 TEST_CASE("npy: matrices round-trip through files") {
     matrix<float> m(3, 5);
     for (std::size_t i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(i) * 0.5f - 3.0f;
-    const auto path = temp_file("f32.npy");
+    const auto path = npy_temp_file("f32.npy");
     write_npy<float>(path.string(), m.view());
     const matrix<float> back = read_npy_matrix<float>(path.string());
     CHECK(back.rows() == 3);
@@ -167,7 +167,7 @@ namespace {
 
 // An independent reference for IEEE binary16: (-1)^s · 2^(e-15) · (1 + m/1024), subnormals
 // 2^-14 · m/1024, in double.
-double half_reference(std::uint16_t h) {
+double npy_half_reference(std::uint16_t h) {
     const int e = (h >> 10) & 31, m = h & 1023;
     const double sign = (h & 0x8000) ? -1.0 : 1.0;
     if (e == 31) return m ? std::nan("") : sign * INFINITY;
@@ -197,7 +197,7 @@ TEST_CASE("npy: float16 files convert exactly, every bit pattern, both byte orde
         REQUIRE(f.shape == std::vector<std::size_t>{256, 256});
         std::size_t nan = 0, exact = 0;
         for (std::size_t i = 0; i < all.size(); ++i) {
-            const double want = half_reference(all[i]);
+            const double want = npy_half_reference(all[i]);
             if (std::isnan(want)) {
                 nan += std::isnan(f.data[i]) && std::isnan(d.data[i]);
                 continue;
@@ -261,7 +261,7 @@ TEST_CASE("npy: bfloat16 as ml_dtypes saves it ('<V2'), by name, or as uint16 bi
         parse_npy<float>(numpy_bytes("<i4", "(1,)", "abcd"), "x", {.bfloat16_bits = true}),
         doctest::Contains("expected 16-bit integers"), qift::error);
     // Through a file, as a matrix.
-    const auto path = temp_file("bf16.npy");
+    const auto path = npy_temp_file("bf16.npy");
     {
         std::ofstream f(path, std::ios::binary);
         const std::string b =
@@ -290,7 +290,7 @@ TEST_CASE("npy: float16 and bfloat16 files written by NumPy read exactly") {
     CHECK(h.shape == std::vector<std::size_t>{256, 256});
     std::size_t ok = 0;
     for (std::uint32_t i = 0; i < 65536; ++i) {
-        const double want = half_reference(static_cast<std::uint16_t>(i));
+        const double want = npy_half_reference(static_cast<std::uint16_t>(i));
         const std::uint32_t wide = i << 16;
         float bw;
         std::memcpy(&bw, &wide, 4);
@@ -334,7 +334,7 @@ TEST_CASE("npy: sizes that overflow size_t are refused before allocating") {
     CHECK(empty.data.empty());
     CHECK(empty.shape == std::vector<std::size_t>{0, 99999999999, 99999999999});
     // Through a file, and the writer: a shape whose product wraps to data.size() is refused.
-    const auto path = temp_file("qift_overflow_big.npy");
+    const auto path = npy_temp_file("qift_overflow_big.npy");
     {
         const std::string bytes = numpy_bytes("<f4", "(8589934592, 8589934593)", "");
         std::ofstream(path, std::ios::binary).write(bytes.data(), std::streamsize(bytes.size()));

@@ -83,7 +83,7 @@ TEST_CASE("pack rejects codes that do not fit and empty matrices") {
 }
 
 namespace {
-struct user_set {
+struct pack_user_set {
     static constexpr unsigned bits = 2;
     static constexpr std::array<float, 4> levels{-2.5f, -0.5f, 0.5f, 2.5f};
 };
@@ -91,8 +91,8 @@ struct user_set {
 
 TEST_CASE("packing a quantized matrix of a user-defined 2-bit set") {
     const auto w = test::gaussian_matrix(5, 300, 8);
-    const auto q = quantize<user_set>(w);
-    const auto p = pack<storage_bits<user_set>>(q.codes());
+    const auto q = quantize<pack_user_set>(w);
+    const auto p = pack<storage_bits<pack_user_set>>(q.codes());
     CHECK(std::memcmp(unpack(p).data(), q.codes().data(), q.codes().size()) == 0);
     static_assert(storage_bits<levels::int3> == 4);
 }

@@ -23,7 +23,7 @@ using namespace qift;
 
 namespace {
 
-std::filesystem::path temp_file(const std::string& name) {
+std::filesystem::path safetensors_temp_file(const std::string& name) {
     return std::filesystem::temp_directory_path() /
            ("qift_test_st_" + std::to_string(::getpid()) + "_" + name);
 }
@@ -269,7 +269,7 @@ TEST_CASE("safetensors: every dtype round-trips through memory and a memory-mapp
     std::uint64_t n = 0;
     std::memcpy(&n, bytes.data(), 8);
     CHECK(n % 8 == 0);
-    const auto path = temp_file("all.safetensors");
+    const auto path = safetensors_temp_file("all.safetensors");
     sw.write(path.string());
     for (const bool from_file : {false, true}) {
         CAPTURE(from_file);
@@ -509,7 +509,7 @@ TEST_CASE_TEMPLATE("safetensors: quantized matrices round-trip exactly", L, leve
     safetensors_writer sw;
     add_quantized(sw, "model.layers.0.mlp.down_proj", q);
     sw.add("other", w.view(), safetensors_dtype::BF16);
-    const auto path = temp_file("q.safetensors");
+    const auto path = safetensors_temp_file("q.safetensors");
     sw.write(path.string());
     const safetensors_file f(path.string());
     CHECK(stored_level_set(f, "model.layers.0.mlp.down_proj") == level_set_name<L>());

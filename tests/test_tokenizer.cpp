@@ -26,7 +26,7 @@ const std::string checkpoint_path = models_dir + "prose6M.bin";
 const std::string test_ids_path = models_dir + "prose6M_test.npy";
 constexpr int prose_vocab = 4096;
 
-bool have(const std::string& path) {
+bool have_file(const std::string& path) {
     if (std::filesystem::exists(path)) return true;
     MESSAGE("SKIPPED: " << path << " is missing (CI always has it)");
     return false;
@@ -164,7 +164,7 @@ bool contains(const std::string& s, const std::string& part) {
 }  // namespace
 
 TEST_CASE("tokenizer: prose6M vocabulary, hand-checked pieces") {
-    if (!have(tokenizer_path)) return;
+    if (!have_file(tokenizer_path)) return;
     const auto tok = qift::load_tokenizer(tokenizer_path, prose_vocab);
     CHECK(tok.vocab_size() == prose_vocab);
     CHECK(tok.max_token_length() == 16);
@@ -203,7 +203,7 @@ TEST_CASE("tokenizer: prose6M vocabulary, hand-checked pieces") {
 }
 
 TEST_CASE("tokenizer: hand-written strings round-trip") {
-    if (!have(tokenizer_path)) return;
+    if (!have_file(tokenizer_path)) return;
     const auto tok = qift::load_tokenizer(tokenizer_path, prose_vocab);
     const std::vector<std::string> texts = {
         "",
@@ -262,7 +262,7 @@ TEST_CASE("tokenizer: the queue-based merge equals run.c's rescanning merge") {
         }
     }
     SUBCASE("the prose6M vocabulary") {
-        if (!have(tokenizer_path)) return;
+        if (!have_file(tokenizer_path)) return;
         const auto tok = qift::load_tokenizer(tokenizer_path, prose_vocab);
         for (const auto& s : random_texts(300, 11)) {
             CAPTURE(s);
@@ -272,7 +272,7 @@ TEST_CASE("tokenizer: the queue-based merge equals run.c's rescanning merge") {
 }
 
 TEST_CASE("tokenizer: the prose6M test text round-trips and re-encodes to its shipped ids") {
-    if (!have(tokenizer_path) || !have(test_ids_path)) return;
+    if (!have_file(tokenizer_path) || !have_file(test_ids_path)) return;
     const auto tok = qift::load_tokenizer(tokenizer_path, prose_vocab);
     const auto docs = test_documents();
     REQUIRE(docs.size() == 44);
@@ -309,7 +309,7 @@ TEST_CASE("tokenizer: the prose6M test text round-trips and re-encodes to its sh
 }
 
 TEST_CASE("tokenizer: consistency with the prose6M checkpoint") {
-    if (!have(tokenizer_path) || !have(checkpoint_path)) return;
+    if (!have_file(tokenizer_path) || !have_file(checkpoint_path)) return;
     const auto model = qift::load_llama2c(checkpoint_path);
     const auto tok = qift::load_tokenizer(tokenizer_path, model.config.vocab_size);
     CHECK_NOTHROW(qift::check_tokenizer_matches(tok, model.config, checkpoint_path));
@@ -401,7 +401,7 @@ TEST_CASE("tokenizer: bad files and ids are rejected with the file and the value
         CHECK(contains(msg, "2 bytes"));
     }
     SUBCASE("the prose6M file with the wrong vocab_size") {
-        if (!have(tokenizer_path)) return;
+        if (!have_file(tokenizer_path)) return;
         auto msg = message_of([&] { qift::load_tokenizer(tokenizer_path, 4000); });
         CHECK(contains(msg, tokenizer_path));
         CHECK(contains(msg, "oversized"));
