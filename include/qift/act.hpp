@@ -282,6 +282,38 @@ inline std::pair<std::size_t, std::size_t> first_non_finite(matrix_view<const fl
     return {x.rows, 0};
 }
 
+/// The token loop of both activation quantizers (INT4 here, INT8 in binary_matrix.hpp): token t
+/// of x into codes + t·stride (codes up to hi, at least lo; the padding [x.cols, stride) zeroed),
+/// scales[t] and, when sums is not null, sums[t], through quantize_token_kernel. Returns false at
+/// the first token holding a non-finite value; the caller then empties its output and reports
+/// the position with fail_non_finite.
+inline bool quantize_token_rows(matrix_view<const float> x, float clip, int lo, int hi,
+                                std::int8_t* codes, std::size_t stride, float* scales,
+                                std::int32_t* sums) noexcept {
+    const xsimd::default_arch arch{};
+    using kernel = quantize_token_kernel;
+    for (std::size_t t = 0; t < x.rows; ++t) {
+        const std::span<const float> row = x.row(t);
+        const std::uint32_t m = kernel::max_abs_bits(arch, row);
+        if (m >= abs_bits_infinity) [[unlikely]]
+            return false;
+        std::int8_t* c = codes + t * stride;
+        std::int32_t sum = 0;
+        scales[t] = kernel::encode(arch, row, std::bit_cast<float>(m), clip, lo, c, sum, hi);
+        if (sums) sums[t] = sum;
+        std::fill(c + x.cols, c + stride, std::int8_t{0});
+    }
+    return true;
+}
+
+/// Throws qift::error naming the first non-finite value of x (`fn: name(t, k) is v ...`).
+[[noreturn]] inline void fail_non_finite(const char* fn, const char* name,
+                                         matrix_view<const float> x) {
+    const auto [t, k] = first_non_finite(x);
+    fail(std::string(fn) + ": " + name + "(" + std::to_string(t) + ", " + std::to_string(k) +
+         ") is " + std::to_string(x(t, k)) + " (activations must be finite)");
+}
+
 }  // namespace detail
 
 /// Per-token symmetric INT4 quantization of x [tokens][cols] (row-major, any stride) into
@@ -319,25 +351,13 @@ inline void quantize_activations(matrix_view<const float> x, quantized_activatio
     out.scales.resize(out.tokens);
     out.sums.resize(out.tokens);
     const int lo = range == a4_range::full ? -8 : -7;
-    const xsimd::default_arch arch{};
-    using kernel = detail::quantize_token_kernel;
-    for (std::size_t t = 0; t < x.rows; ++t) {
-        const std::span<const float> row = x.row(t);
-        const std::uint32_t m = kernel::max_abs_bits(arch, row);
-        if (m >= detail::abs_bits_infinity) [[unlikely]] {
-            out.tokens = out.cols = out.padded_cols = 0;
-            out.codes.clear();
-            out.scales.clear();
-            out.sums.clear();
-            const auto [bt, bk] = detail::first_non_finite(x);
-            detail::fail("quantize_activations: x(" + std::to_string(bt) + ", " +
-                         std::to_string(bk) + ") is " + std::to_string(x(bt, bk)) +
-                         " (activations must be finite)");
-        }
-        std::int8_t* c = out.codes.data() + t * out.padded_cols;
-        out.scales[t] =
-            kernel::encode(arch, row, std::bit_cast<float>(m), clip, lo, c, out.sums[t]);
-        std::fill(c + x.cols, c + out.padded_cols, std::int8_t{0});
+    if (!detail::quantize_token_rows(x, clip, lo, 7, out.codes.data(), out.padded_cols,
+                                     out.scales.data(), out.sums.data())) [[unlikely]] {
+        out.tokens = out.cols = out.padded_cols = 0;
+        out.codes.clear();
+        out.scales.clear();
+        out.sums.clear();
+        detail::fail_non_finite("quantize_activations", "x", x);
     }
 }
 

@@ -483,25 +483,12 @@ inline void quantize_int8_activations(matrix_view<const float> z, int8_activatio
     out.scales.resize(out.tokens);
     // The INT4 activation kernel with codes up to 127 and no clip (act.hpp: bit-exact with
     // detail::quantize_token_scalar, both passes vectorized).
-    const xsimd::default_arch arch{};
-    using kernel = detail::quantize_token_kernel;
-    for (std::size_t t = 0; t < z.rows; ++t) {
-        const std::span<const float> row = z.row(t);
-        const std::uint32_t mx = kernel::max_abs_bits(arch, row);
-        if (mx >= detail::abs_bits_infinity) [[unlikely]] {
-            out.tokens = out.cols = out.padded_cols = 0;
-            out.codes.clear();
-            out.scales.clear();
-            const auto [bt, bk] = detail::first_non_finite(z);
-            detail::fail("quantize_int8_activations: z(" + std::to_string(bt) + ", " +
-                         std::to_string(bk) + ") is " + std::to_string(z(bt, bk)) +
-                         " (activations must be finite)");
-        }
-        std::int8_t* c = out.codes.data() + t * out.padded_cols;
-        std::int32_t sum = 0;
-        out.scales[t] =
-            kernel::encode(arch, row, std::bit_cast<float>(mx), 1.0f, -127, c, sum, 127);
-        std::fill(c + z.cols, c + out.padded_cols, std::int8_t{0});
+    if (!detail::quantize_token_rows(z, 1.0f, -127, 127, out.codes.data(), out.padded_cols,
+                                     out.scales.data(), nullptr)) [[unlikely]] {
+        out.tokens = out.cols = out.padded_cols = 0;
+        out.codes.clear();
+        out.scales.clear();
+        detail::fail_non_finite("quantize_int8_activations", "z", z);
     }
 }
 
