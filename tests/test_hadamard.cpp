@@ -48,6 +48,18 @@ void on_every_target(const Check& check) {
     }
 }
 
+// The paley_core of a field GF(q) used as kind 1 (Paley I) or 2 (Paley II).
+qift::detail::paley_core field_core(int kind, std::size_t q) {
+    qift::detail::paley_core pc;
+    pc.kind = kind;
+    pc.q = q;
+    const auto pk = *qift::detail::as_prime_power(q);
+    pc.p = pk.p;
+    pc.r = pk.k;
+    pc.chi = qift::detail::galois_field(pk).quadratic_character();
+    return pc;
+}
+
 std::vector<float> random_vector(std::size_t n, std::uint32_t seed) {
     std::mt19937 gen(seed);
     std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
@@ -521,13 +533,7 @@ void check_any_size_kernels() {
     const std::pair<int, std::size_t> fields[] = {{1, 27},  {2, 49},  {2, 81}, {2, 125},
                                                   {2, 169}, {1, 243}, {1, 343}};
     for (const auto& [kind, q] : fields) {
-        qift::detail::paley_core pc;
-        pc.kind = kind;
-        pc.q = q;
-        const auto pk = *qift::detail::as_prime_power(q);
-        pc.p = pk.p;
-        pc.r = pk.k;
-        pc.chi = qift::detail::galois_field(pk).quadratic_character();
+        const qift::detail::paley_core pc = field_core(kind, q);
         const std::size_t c = kind == 1 ? q + 1 : 2 * (q + 1);
         const std::size_t m = pc.order();
         const auto lambda = qift::detail::jacobsthal_eigenvalues(pc);
@@ -602,19 +608,7 @@ TEST_CASE("hadamard: the any-size kernels match their scalar references on every
 
 namespace {
 
-// The paley_core of a field GF(q) used as kind 1 (Paley I) or 2 (Paley II), and its dense core
-// (transposed when asked) as floats.
-qift::detail::paley_core field_core(int kind, std::size_t q) {
-    qift::detail::paley_core pc;
-    pc.kind = kind;
-    pc.q = q;
-    const auto pk = *qift::detail::as_prime_power(q);
-    pc.p = pk.p;
-    pc.r = pk.k;
-    pc.chi = qift::detail::galois_field(pk).quadratic_character();
-    return pc;
-}
-
+// The dense core of a paley_core (transposed when asked) as floats.
 std::vector<float> dense_core(const qift::detail::paley_core& pc, bool transpose) {
     const qift::detail::galois_field field(qift::detail::prime_power{pc.p, pc.r});
     const std::vector<std::int8_t> core = pc.matrix(field);
