@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include <qift/bitplane.hpp>
 #include <qift/gemm.hpp>
 #include <qift/gemv.hpp>
 
@@ -63,16 +64,17 @@ void set_counters(benchmark::State& st, std::size_t weight_bytes) {
     st.SetBytesProcessed(static_cast<std::int64_t>(st.iterations() * weight_bytes));
 }
 
-// One GEMV benchmark over packed weights, hot or cycled through cold copies; `call(w, y)` is
-// the kernel under test.
-template <class L, class Call>
+// One GEMV benchmark over packed weights (or the same codes re-laid as a Matrix built from the
+// packed_matrix), hot or cycled through cold copies; `call(w, y)` is the kernel under test. The
+// byte count, and so the roofline, is that of the packed codes in every case.
+template <class L, class Call, class Matrix = qift::packed_matrix<L>>
 void run_packed_gemv(benchmark::State& st, const Call& call,
                      executor_kind kind = executor_kind::pool) {
     const auto n = std::size_t(st.range(0)), k = std::size_t(st.range(1));
     use_threads(int(st.range(2)), kind);
     const auto first = random_packed<L>(n, k, 1);
     const std::size_t copies = st.range(3) ? cold_copies(first.code_bytes()) : 1;
-    std::vector<qift::packed_matrix<L>> w(copies, first);
+    std::vector<Matrix> w(copies, Matrix(first));
     std::vector<float> y(n);
     std::size_t i = 0;
     for (auto _ : st) {
@@ -124,6 +126,16 @@ void bm_w2a16(benchmark::State& st) {
             qift::gemv(w, std::span<const float>(x), y, variant_arch<V>());
         },
         V == variant::spawn ? executor_kind::spawn : executor_kind::pool);
+}
+
+// The bit-plane W2A16 GEMV (bitplane.hpp) on the same codes.
+template <class L>
+void bm_w2a16_bitplane(benchmark::State& st) {
+    const auto x = random_floats(std::size_t(st.range(1)), 2);
+    const auto call = [&](const qift::bitplane_matrix<L>& w, std::vector<float>& y) {
+        qift::gemv(w, std::span<const float>(x), y);
+    };
+    run_packed_gemv<L, decltype(call), qift::bitplane_matrix<L>>(st, call);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -300,6 +312,25 @@ void bm_sgemm(benchmark::State& st) {
 }
 #endif
 
+// W2A16 GEMM on float activations: Matrix = packed_matrix<L> (per-row table tile) or
+// bitplane_matrix<L>.
+template <class L, class Matrix>
+void bm_gemm_w2a16(benchmark::State& st) {
+    const auto n = std::size_t(st.range(0)), k = std::size_t(st.range(1));
+    const auto m = std::size_t(st.range(3));
+    use_threads(int(st.range(2)));
+    const Matrix w(random_packed<L>(n, k, 1));
+    const auto x = random_floats(m * k, 5);
+    qift::matrix<float> y(m, n);
+    for (auto _ : st) {
+        qift::gemm(w, qift::matrix_view<const float>(x.data(), m, k), y.view());
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+    }
+    st.counters["ops"] = benchmark::Counter(double(2 * m * n * k) * double(st.iterations()),
+                                            benchmark::Counter::kIsRate);
+}
+
 template <class L>
 void bm_gemm(benchmark::State& st) {
     const auto n = std::size_t(st.range(0)), k = std::size_t(st.range(1));
@@ -370,6 +401,7 @@ BENCHMARK(bm_w2a4<qift::levels::pot_mnz, variant::shift_add>)
     ->Name("w2a4_pot_mnz_shift_add");
 BENCHMARK(bm_w2a4<qift::levels::mnz>)->Apply(gemv_shapes)->Name("w2a4_mnz");
 BENCHMARK(bm_w2a16<qift::levels::nf2>)->Apply(gemv_shapes)->Name("w2a16_nf2");
+BENCHMARK(bm_w2a16_bitplane<qift::levels::nf2>)->Apply(gemv_shapes)->Name("w2a16_nf2_bitplane");
 BENCHMARK(bm_w2a4<qift::levels::int4>)->Apply(gemv_shapes)->Name("w4a4_int4");
 BENCHMARK(bm_w2a4<qift::levels::mnz, variant::spawn>)->Apply(spawn_shapes)->Name("w2a4_mnz_spawn");
 BENCHMARK(bm_w2a16<qift::levels::nf2, variant::spawn>)
@@ -395,6 +427,12 @@ BENCHMARK(bm_sgemm)->Apply(gemm_shapes)->Name("sgemm_f32");
 #endif
 BENCHMARK(bm_gemm<qift::levels::pot_mnz>)->Apply(gemm_shapes)->Name("gemm_w2a4_pot_mnz");
 BENCHMARK(bm_gemm<qift::levels::int4>)->Apply(gemm_shapes)->Name("gemm_w4a4_int4");
+BENCHMARK(bm_gemm_w2a16<qift::levels::nf2, qift::packed_matrix<qift::levels::nf2>>)
+    ->Apply(gemm_shapes)
+    ->Name("gemm_w2a16_nf2");
+BENCHMARK(bm_gemm_w2a16<qift::levels::nf2, qift::bitplane_matrix<qift::levels::nf2>>)
+    ->Apply(gemm_shapes)
+    ->Name("gemm_w2a16_nf2_bitplane");
 BENCHMARK(bm_act<act_variant::old_path>)->Apply(act_shapes)->Name("act_quant_old_path");
 BENCHMARK(bm_act<act_variant::allocating>)->Apply(act_shapes)->Name("act_quant_allocating");
 BENCHMARK(bm_act<act_variant::reused>)->Apply(act_shapes)->Name("act_quant_reused");
@@ -443,7 +481,7 @@ class summary_reporter : public benchmark::ConsoleReporter {
 
     // The family a variant is compared with: its name without the variant suffix.
     static std::string base_family(const std::string& family) {
-        for (const char* suffix : {"_avx2", "_spawn", "_shift_add"}) {
+        for (const char* suffix : {"_avx2", "_spawn", "_shift_add", "_bitplane"}) {
             const std::string sfx(suffix);
             if (family.size() > sfx.size() &&
                 family.compare(family.size() - sfx.size(), sfx.size(), sfx) == 0)
@@ -466,8 +504,10 @@ class summary_reporter : public benchmark::ConsoleReporter {
             "\nGEMV summary (time in µs; GB/s of weight bytes; x sgemv = sgemv time / "
             "this time; roofline = read of the same bytes, same threads and hot/cold, "
             "time / this time; x_base = default variant's time / this variant's (_avx2: "
-            "AVX-512 kernel, _spawn: pool executor, _shift_add: byte-shuffle kernel); x_1thr = "
-            "one-thread time of the default variant / this two-thread time)\n");
+            "AVX-512 kernel, _spawn: pool executor, _shift_add: byte-shuffle kernel, _bitplane: "
+            "packed-code tile; the bit planes stream 32/30 of the packed bytes counted here); "
+            "x_1thr = one-thread time of the same kernel (else of the default variant) / this "
+            "two-thread time)\n");
         std::printf("%-26s %6s %6s %3s %5s %10s %8s %9s %9s %7s %7s\n", "kernel", "N", "K", "thr",
                     "cache", "us", "GB/s", "x_sgemv", "roofline", "x_base", "x_1thr");
         for (const auto& r : rows) {
@@ -484,8 +524,12 @@ class summary_reporter : public benchmark::ConsoleReporter {
             const std::string base = base_family(r.family);
             const row* bs =
                 base == r.family ? nullptr : find(base, r.args[0], r.args[1], r.args[2], r.args[3]);
-            const row* one =
-                r.args[2] == 2 ? find(base, r.args[0], r.args[1], 1, r.args[3]) : nullptr;
+            // (its own family's one-thread run where there is one, as for _bitplane)
+            const row* one = nullptr;
+            if (r.args[2] == 2) {
+                one = find(r.family, r.args[0], r.args[1], 1, r.args[3]);
+                if (!one) one = find(base, r.args[0], r.args[1], 1, r.args[3]);
+            }
             const auto ratio = [](const row* b, double us) {
                 return b ? std::to_string(b->us / us).substr(0, 5) : std::string("-");
             };

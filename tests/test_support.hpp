@@ -5,8 +5,10 @@
 #include <qift/core.hpp>
 #include <qift/scale.hpp>
 
+#include <cmath>
 #include <cstdint>
 #include <random>
+#include <span>
 
 namespace qift::test {
 
@@ -34,6 +36,23 @@ quantized_matrix<L> quantize_fast(const matrix<float>& w) {
     scale_options opt;
     opt.rule = scale_rule::max;
     return quantize<L>(w, opt);
+}
+
+/// max_r |y[r] − Σ_k w(r,k)·x[k]| / Σ_k |w(r,k)·x[k]|, the sums in double: the error measure of
+/// the float product tests (their bound is 1e-5). NaN if any y[r] is NaN.
+inline double max_product_error(std::span<const float> y, const matrix<float>& w,
+                                std::span<const float> x) {
+    double worst = 0.0;
+    for (std::size_t r = 0; r < w.rows(); ++r) {
+        double sum = 0.0, mag = 0.0;
+        for (std::size_t k = 0; k < w.cols(); ++k) {
+            sum += double(w(r, k)) * double(x[k]);
+            mag += std::fabs(double(w(r, k)) * double(x[k]));
+        }
+        const double e = std::fabs(double(y[r]) - sum) / (mag + 1e-30);
+        if (!(e <= worst)) worst = e;  // a NaN stays
+    }
+    return worst;
 }
 
 }  // namespace qift::test

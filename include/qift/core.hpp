@@ -179,7 +179,9 @@ enum class scratch_slot {
     attention_queries,
     float_activations,
     hadamard_dft_narrow,
-    hadamard_rader
+    hadamard_rader,
+    bitplane_tables,
+    bitplane_sums
 };
 
 /// A `buffer_alignment`-aligned buffer of at least n floats, contents unspecified, owned by the

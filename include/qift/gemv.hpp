@@ -89,24 +89,31 @@ namespace detail {
 inline constexpr std::size_t row_chunk = 16;
 inline constexpr std::size_t min_parallel_work = std::size_t{1} << 20;
 
-inline std::size_t parallel_tasks(std::size_t rows, std::size_t work) noexcept {
-    return work < min_parallel_work ? 1 : (rows + row_chunk - 1) / row_chunk;
+inline std::size_t parallel_tasks(std::size_t rows, std::size_t work,
+                                  std::size_t chunk = row_chunk) noexcept {
+    return work < min_parallel_work ? 1 : (rows + chunk - 1) / chunk;
+}
+
+/// Runs body(b, e) over ranges of the ceil(rows / chunk) pieces of `chunk` rows, through
+/// parallel_for when the call is large enough to pay for it (else once, over all of them).
+template <class Body>
+void for_chunk_ranges(std::size_t rows, std::size_t work, std::size_t chunk, const Body& body) {
+    const std::size_t pieces = (rows + chunk - 1) / chunk;
+    if (parallel_tasks(rows, work, chunk) <= 1)
+        body(std::size_t{0}, pieces);
+    else
+        parallel_for(pieces, body);
 }
 
 /// Runs body(r0, r1) over [0, rows) in row_chunk pieces, through parallel_for when the call is
 /// large enough to pay for it.
 template <class Body>
 void for_row_chunks(std::size_t rows, std::size_t work, const Body& body) {
-    const std::size_t tasks = parallel_tasks(rows, work);
-    const auto run = [&](std::size_t b, std::size_t e) {
+    for_chunk_ranges(rows, work, row_chunk, [&](std::size_t b, std::size_t e) {
         const std::size_t r_end = std::min(rows, e * row_chunk);
         for (std::size_t r = b * row_chunk; r < r_end; r += row_chunk)
             body(r, std::min(r_end, r + row_chunk));
-    };
-    if (tasks <= 1)
-        run(0, (rows + row_chunk - 1) / row_chunk);
-    else
-        parallel_for(tasks, run);
+    });
 }
 
 /// The integer epilogue shared by every integer kernel (so their outputs agree bit for bit

@@ -7,6 +7,7 @@
 
 #include <qift/act.hpp>
 #include <qift/binary_matrix.hpp>
+#include <qift/bitplane.hpp>
 #include <qift/gemm.hpp>
 #include <qift/gemv.hpp>
 #include <qift/hadamard.hpp>
@@ -157,9 +158,10 @@ void integer_products(const char* set, std::mt19937_64& gen, std::vector<family_
     out.push_back(std::move(gemm).result());
 }
 
-/// W2A16 float GEMV (NF2) against the scalar reference and dequantize-then-matmul in double.
+/// W2A16 float GEMV (NF2; packed codes and bit planes) against the scalar reference and
+/// dequantize-then-matmul in double.
 family_result w2a16(std::mt19937_64& gen) {
-    recorder rec("gemv W2A16 nf2", false, false);
+    recorder rec("gemv W2A16 nf2 (packed, bit planes)", false, false);
     for (std::size_t rows : test_rows)
         for (std::size_t cols : test_cols) {
             const auto q = quantize_max<qift::levels::nf2>(gaussian(rows, cols, gen));
@@ -172,12 +174,15 @@ family_result w2a16(std::mt19937_64& gen) {
                     want[r] += double(w(r, k)) * double(x(0, k));
                     mag[r] += std::fabs(double(w(r, k)) * double(x(0, k)));
                 }
-            std::vector<float> y(rows), ref(rows);
+            std::vector<float> y(rows), ref(rows), planes(rows);
             qift::gemv_reference(p, x.row(0), ref);
             qift::gemv(p, x.row(0), y);
-            rec.check(within(y, want, mag, 1e-5) && within(ref, want, mag, 1e-5),
+            qift::gemv(qift::bitplane_matrix<qift::levels::nf2>(p), x.row(0), planes);
+            rec.check(within(y, want, mag, 1e-5) && within(ref, want, mag, 1e-5) &&
+                          within(planes, want, mag, 1e-5),
                       shape(rows, cols));
             rec.add(std::span<const float>(y));
+            rec.add(std::span<const float>(planes));
         }
     return std::move(rec).result();
 }

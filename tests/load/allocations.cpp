@@ -4,7 +4,8 @@
 //   - W2A4 GEMV and GEMM with caller-provided outputs, and quantize_activations into reused
 //     storage, allocate nothing, on the serial executor and on the default thread pool (asserted);
 //   - so do the KV4 append and the W2A16 GEMV and GEMM (their padded copy of x is the calling
-//     thread's scratch) (asserted);
+//     thread's scratch) (asserted), and the bit-plane W2A16 GEMV and GEMM on the serial
+//     executor (tables and sums in thread scratch; on the pool a bound, as below);
 //   - KV4 attention / one-token prefill and one decode step of the model forward pass allocate
 //     nothing on the serial executor (asserted); on the pool, a worker allocates its scratch the
 //     first time it runs a chunk, which a warm-up call cannot force, so there an upper bound is
@@ -22,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include <qift/bitplane.hpp>
 #include <qift/gemm.hpp>
 #include <qift/gemv.hpp>
 #include <qift/kv_cache.hpp>
@@ -250,6 +252,28 @@ TEST_CASE("allocations: W2A16 GEMV and GEMM pad x into the thread's scratch") {
         CHECK(gemv_small.count == 0);
         CHECK(gemv_big.count == 0);
         CHECK(gemm_big.count == 0);
+    });
+}
+
+TEST_CASE("allocations: bit-plane W2A16 GEMV and GEMM keep tables and sums in scratch") {
+    const bitplane_matrix<levels::nf2> planes(
+        test::quantize_fast<levels::nf2>(test::gaussian_matrix(1031, 1100, 13)));
+    const auto x = test::gaussian_matrix(5, 1100, 14);
+    matrix<float> y(5, planes.rows());
+    for_each_executor([&](const std::string& exec) {
+        CAPTURE(exec);
+        const auto one = measure([&] { gemv(planes, x.row(0), y.row(0)); });
+        const auto five = measure([&] { gemm(planes, x.view(), y.view()); });
+        MESSAGE(exec << ": bit-plane W2A16 allocations per call: GEMV 1031x1100 " << one.count
+                     << ", GEMM 5 tokens " << five.count);
+        // The tables are the calling thread's scratch, the running sums each thread's: nothing
+        // on the serial executor; on the pool at most a worker's first sums buffer.
+        if (exec == "serial executor") {
+            CHECK(one.count == 0);
+            CHECK(five.count == 0);
+        }
+        CHECK(one.count <= 1);
+        CHECK(five.count <= 1);
     });
 }
 

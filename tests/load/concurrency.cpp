@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: MIT
 // Under load: one shared, read-only packed model (W2A4 matrices of odd shapes in MNZ and PoT-MNZ,
-// and stories260K quantized to W2A4KV4 once) used by 8 threads at the same time, each running
-// GEMV, GEMM (several token counts), the W2A16 float path, its own KV4 caches (append, prefill
-// and attention) and its own forward-pass state; every result compared bit for bit with a
-// single-threaded run computed first. Three executors: the default persistent pool (its regions
-// serialized between callers, nested calls serial), a user pool installed with
-// set_parallel_executor, and nested parallel_for calls from many threads. Built on its own so
-// that CI can run it under ThreadSanitizer (the tsan preset builds only this target).
+// an NF2 bit-plane matrix, and stories260K quantized to W2A4KV4 once) used by 8 threads at the
+// same time, each running GEMV, GEMM (several token counts), the W2A16 float paths (packed, bit
+// planes), its own KV4 caches (append, prefill and attention) and its own forward-pass state;
+// every result compared bit for bit with a single-threaded run computed first. Three executors:
+// the default persistent pool (its regions serialized between callers, nested calls serial), a
+// user pool installed with set_parallel_executor, and nested parallel_for calls from many
+// threads. Built on its own so that CI can run it under ThreadSanitizer (the tsan preset builds
+// only this target).
 #include <doctest/doctest.h>
 
 #include <atomic>
@@ -24,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include <qift/bitplane.hpp>
 #include <qift/gemm.hpp>
 #include <qift/gemv.hpp>
 #include <qift/kv_cache.hpp>
@@ -152,6 +154,8 @@ struct shared_model {
         test::quantize_fast<levels::pot_mnz>(test::gaussian_matrix(1031, 1100, 2))};
     packed_matrix<levels::mnz> mnz_big{
         test::quantize_fast<levels::mnz>(test::gaussian_matrix(900, 1300, 3))};
+    bitplane_matrix<levels::nf2> nf2_planes{
+        test::quantize_fast<levels::nf2>(test::gaussian_matrix(1031, 1100, 13))};
     matrix<float> x1000 = test::gaussian_matrix(70, 1000, 4);  // up to 70 tokens
     matrix<float> x1100 = test::gaussian_matrix(33, 1100, 5);
     matrix<float> x1300 = test::gaussian_matrix(9, 1300, 6);
@@ -202,9 +206,8 @@ std::vector<float> integer_gemm(const packed_matrix<L>& w, const matrix<float>& 
     return flat(y);
 }
 
-template <class L>
-std::vector<float> float_gemm(const packed_matrix<L>& w, const matrix<float>& x,
-                              std::size_t tokens) {
+template <class W>
+std::vector<float> float_gemm(const W& w, const matrix<float>& x, std::size_t tokens) {
     matrix<float> y(tokens, w.rows());
     if (tokens == 1)
         gemv(w, x.row(0), y.row(0));
@@ -270,6 +273,10 @@ std::vector<job> make_jobs(const shared_model& m) {
                         [&m, tokens] { return float_gemm(m.pot_big, m.x1100, tokens); }});
     jobs.push_back(
         {"W2A16 mnz 67x1000, 3 tokens", [&m] { return float_gemm(m.mnz_small, m.x1000, 3); }});
+    // The caller's tables are read by the pool's workers; each thread keeps its own sums.
+    for (std::size_t tokens : {1u, 6u})
+        jobs.push_back({"W2A16 bit planes nf2 1031x1100, " + std::to_string(tokens) + " tokens",
+                        [&m, tokens] { return float_gemm(m.nf2_planes, m.x1100, tokens); }});
     // head_dim 128 (compiled kernels), 16 query heads on 4 kv heads: the 64-token prefill and
     // the attention from 128 tokens on pass the cache's threshold for threads.
     jobs.push_back({"KV4 head_dim 128, prefill 64 + 80 decode steps",

@@ -14,6 +14,7 @@
 
 #include "../act.hpp"
 #include "../binary_matrix.hpp"
+#include "../bitplane.hpp"
 #include "../core.hpp"
 #include "../detail/linalg.hpp"
 #include "../gemm.hpp"
@@ -175,13 +176,35 @@ class float_weights {
     matrix<float> neg_t_;
 };
 
+/// The kernel form a `linear` keeps for a per-row quantization with level set L: bit planes
+/// (bitplane.hpp) for the sets only the float W2A16 path runs (no integer form: NF2, Lloyd)
+/// when this build's default architecture has the AVX-512 bit-plane tile, packed codes
+/// otherwise (on AVX2 the packed tile is the faster one).
+namespace detail {
+// (A specialization, not std::conditional_t: bitplane_matrix<L> must not be named for sets it
+// rejects.)
+template <class L, bool Planes>
+struct linear_weights_select {
+    using type = packed_matrix<L>;
+};
+template <class L>
+struct linear_weights_select<L, true> {
+    using type = bitplane_matrix<L>;
+};
+}  // namespace detail
+template <packed_level_set L>
+using linear_weights_for =
+    typename detail::linear_weights_select<L, !integer_dot_level_set<L> &&
+                                                  bit_linear_level_set<L> && bitplane_native>::type;
+
 /// The weight formats a `linear` can hold (a closed list, so that a forward call is one
 /// variant dispatch and no virtual call). A set outside it is rejected at compile time.
-using linear_storage = std::variant<
-    float_weights, packed_matrix<levels::int4>, packed_matrix<levels::int3>,
-    packed_matrix<levels::standard>, packed_matrix<levels::asymmetric>, packed_matrix<levels::mnz>,
-    packed_matrix<levels::pot_mnz>, packed_matrix<levels::nf2>, packed_matrix<levels::lloyd>,
-    packed_matrix<levels::pm12>, packed_matrix<levels::ternary>, mxfp4_matrix, binary_matrix>;
+using linear_storage = std::variant<float_weights, packed_matrix<levels::int4>,
+                                    packed_matrix<levels::int3>, packed_matrix<levels::standard>,
+                                    packed_matrix<levels::asymmetric>, packed_matrix<levels::mnz>,
+                                    packed_matrix<levels::pot_mnz>, linear_weights_for<levels::nf2>,
+                                    linear_weights_for<levels::lloyd>, packed_matrix<levels::pm12>,
+                                    packed_matrix<levels::ternary>, mxfp4_matrix, binary_matrix>;
 
 /// A linear layer y = W·x for M tokens: the weights in one of the formats of linear_storage and
 /// how the input is quantized. Formats and paths:
@@ -189,6 +212,8 @@ using linear_storage = std::variant<
 ///   float weights,  input A4/MXFP4   quantize-dequantize, float GEMM (fake-quant twin)
 ///   packed integer set, input A4     integer GEMV/GEMM (W2A4, W4A4)
 ///   packed set,     input none       float W2A16 GEMV/GEMM
+///   bit planes (NF2/Lloyd with AVX-512), any input: the bit-plane W2A16 GEMV/GEMM on x or its
+///                                    dequantized values
 ///   MXFP4 weights,  input MXFP4      MXFP4 × MXFP4 GEMV/GEMM (integer block dots, mx.hpp)
 ///   MXFP4 weights,  input none       MXFP4 × float GEMV/GEMM
 ///   one-bit weights, input A4        one-bit A4 GEMV/GEMM (binary_matrix.hpp), when the matrix
@@ -203,11 +228,12 @@ class linear {
     /// Float weights W [out][in].
     explicit linear(matrix_view<const float> w, input_quantization in = {})
         : w_(float_weights(w)), in_(in), name_("float") {}
-    /// Packed codes of a per-row quantization (no groups: packed_matrix rejects them).
+    /// A per-row quantization in its kernel form, linear_weights_for<L> (no groups: both
+    /// forms reject them).
     template <packed_level_set L>
     linear(const quantized_matrix<L>& q, input_quantization in)
-        : w_(packed_matrix<L>(q)), in_(in), name_(level_set_name<L>()) {
-        static_assert(std::is_constructible_v<linear_storage, packed_matrix<L>>,
+        : w_(linear_weights_for<L>(q)), in_(in), name_(level_set_name<L>()) {
+        static_assert(std::is_constructible_v<linear_storage, linear_weights_for<L>>,
                       "qift::linear: this level set is not in qift::linear_storage");
     }
     /// MXFP4 weights (quantize_mxfp4 of W [out][in], or from_ggml_mxfp4).
@@ -263,6 +289,10 @@ class linear {
         detail::gemm_float_padded(xsimd::default_arch{}, w,
                                   in_.quantized() ? in.dequantized(in_, pk) : in.padded(pk), y,
                                   false);
+    }
+    template <class L>
+    void run(const bitplane_matrix<L>& w, linear_input& in, matrix_view<float> y) const {
+        product(w, in_.quantized() ? in.dequantized(in_, w.cols()) : in.x(), y);
     }
     void run(const mxfp4_matrix& w, linear_input& in, matrix_view<float> y) const {
         if (in_.mx()) return product(w, in.mx(in_), y);
