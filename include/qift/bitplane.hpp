@@ -220,8 +220,8 @@ void bitplane_product(Arch arch, const bitplane_matrix<L>& w, matrix_view<const 
         const float* tabs[block];
         for (std::size_t j = 0; j < nt; ++j) {
             tabs[j] = tables + j * table_floats;
-            totals[j] =
-                bitplane_tables(arch, &x(t0 + j, 0), x.cols, w.chunks(), tables + j * table_floats);
+            totals[j] = bitplane_tables(arch, x.data + (t0 + j) * x.stride, x.cols, w.chunks(),
+                                        tables + j * table_floats);
         }
         for_chunk_ranges(w.rows(), nt * w.tiles() * G::tile_rows * w.chunks() * G::chunk_cols,
                          G::tile_rows, [&](std::size_t tb, std::size_t te) {

@@ -6,6 +6,7 @@
 #include <mutex>
 #include <variant>
 
+#include <qift/bitplane.hpp>
 #include <qift/gemm.hpp>
 #include <qift/gemv.hpp>
 #include <qift/gptq.hpp>
@@ -233,13 +234,14 @@ void bind_gptq(py::module_& m) {
 // ---------------------------------------------------------------------------------------
 // packed_matrix and its products
 
-enum class kernel_choice { standard, reference, shift_add };
+enum class kernel_choice { standard, reference, shift_add, bitplane };
 
 kernel_choice parse_kernel(const std::string& fn, const std::string& s) {
-    return parse_choice<kernel_choice, 3>(fn, "kernel", s,
+    return parse_choice<kernel_choice, 4>(fn, "kernel", s,
                                           {{{"default", kernel_choice::standard},
                                             {"reference", kernel_choice::reference},
-                                            {"shift_add", kernel_choice::shift_add}}});
+                                            {"shift_add", kernel_choice::shift_add},
+                                            {"bitplane", kernel_choice::bitplane}}});
 }
 
 class any_packed {
@@ -250,6 +252,7 @@ class any_packed {
     virtual std::size_t cols() const noexcept = 0;
     virtual unsigned bits() const noexcept = 0;
     virtual bool integer() const noexcept = 0;
+    virtual bool bit_linear() const noexcept = 0;
     virtual std::size_t code_bytes() const noexcept = 0;
     virtual std::size_t row_bytes() const noexcept = 0;
     virtual const std::uint8_t* code_data() const noexcept = 0;
@@ -261,6 +264,18 @@ class any_packed {
                          kernel_choice k) const = 0;
 };
 
+// The bit planes a packed_holder keeps for kernel='bitplane' (nothing for other sets; a
+// specialization, so that bitplane_matrix<L> is never named for them).
+struct no_planes {};
+template <class L, bool Planes>
+struct planes_of {
+    using type = no_planes;
+};
+template <class L>
+struct planes_of<L, true> {
+    using type = bitplane_matrix<L>;
+};
+
 template <packed_level_set L>
 class packed_holder final : public any_packed {
   public:
@@ -270,15 +285,28 @@ class packed_holder final : public any_packed {
     std::size_t cols() const noexcept override { return p_.cols(); }
     unsigned bits() const noexcept override { return packed_matrix<L>::bits; }
     bool integer() const noexcept override { return integer_dot_level_set<L>; }
+    bool bit_linear() const noexcept override { return bit_linear_level_set<L>; }
     std::size_t code_bytes() const noexcept override { return p_.code_bytes(); }
     std::size_t row_bytes() const noexcept override { return p_.codes().row_bytes(); }
     const std::uint8_t* code_data() const noexcept override { return p_.codes().row_data(0); }
     std::span<const float> scales() const noexcept override { return p_.scales(); }
     std::span<const float> zeros() const noexcept override { return p_.zeros(); }
 
-    // Float activations: W2A16.
+    // Float activations: W2A16 (kernel 'bitplane': on the bit planes, built at the first such
+    // call and kept; the caller has checked bit_linear()).
     void product(matrix_view<const float> x, matrix_view<float> y, bool one,
                  kernel_choice k) const override {
+        if constexpr (bit_linear_level_set<L>) {
+            if (k == kernel_choice::bitplane) {
+                std::call_once(planes_once_, [&] { planes_ = bitplane_matrix<L>(p_); });
+                if (one)
+                    gemv(planes_, std::span<const float>(x.data, x.cols),
+                         std::span<float>(y.data, y.cols));
+                else
+                    gemm(planes_, x, y);
+                return;
+            }
+        }
         if (one) {
             const std::span<const float> xv(x.data, x.cols);
             const std::span<float> yv(y.data, y.cols);
@@ -315,6 +343,8 @@ class packed_holder final : public any_packed {
 
   private:
     packed_matrix<L> p_;
+    mutable std::once_flag planes_once_;
+    mutable typename planes_of<L, bit_linear_level_set<L>>::type planes_;
 };
 
 std::shared_ptr<any_packed> make_packed(const any_quantized& q) {
@@ -337,6 +367,8 @@ py::array packed_product(const any_packed& w, py::handle x, bool gemv_call,
     const std::string fn = gemv_call ? "qift.PackedMatrix.gemv" : "qift.PackedMatrix.gemm";
     const kernel_choice k = parse_kernel(fn, kernel);
     if (py::isinstance<quantized_activations>(x)) {
+        if (k == kernel_choice::bitplane)
+            value_error(fn + ": kernel='bitplane' needs float activations (W2A16)");
         if (!w.integer())
             value_error(fn + ": level set '" + std::string(w.levels()) +
                         "' has no integer form for A4 activations; pass float activations "
@@ -351,6 +383,9 @@ py::array packed_product(const any_packed& w, py::handle x, bool gemv_call,
     }
     if (k == kernel_choice::shift_add)
         value_error(fn + ": kernel='shift_add' needs A4 activations (QuantizedActivations)");
+    if (k == kernel_choice::bitplane && !w.bit_linear())
+        value_error(fn + ": kernel='bitplane' needs a 2-bit level set linear in its code bits; '" +
+                    std::string(w.levels()) + "' is not");
     const auto in = gemv_call ? float_vector(x, fn + ": x") : float_matrix(x, fn + ": x");
     float_output y = new_float_output(in.view.rows, w.rows(), gemv_call);
     nogil([&] { w.product(in.view, y.view, gemv_call, k); });
@@ -405,7 +440,9 @@ void bind_packed(py::module_& m) {
             py::arg("x"), py::kw_only(), py::arg("kernel") = "default",
             "y = W·x for one token: x float [cols] (W2A16, float FMAs) or QuantizedActivations "
             "of one token (W2A4 / W4A4 integer kernels). kernel: 'default', 'reference' (the "
-            "scalar oracle) or 'shift_add' (integer path only). Returns float32 [rows].")
+            "scalar oracle), 'shift_add' (integer path only) or 'bitplane' (W2A16 on bit planes, "
+            "for 2-bit sets linear in the code bits: NF2, Lloyd, MNZ, ...; the planes are built "
+            "at the first such call and kept). Returns float32 [rows].")
         .def(
             "gemm",
             [](const any_packed& w, py::handle x, const std::string& kernel) {

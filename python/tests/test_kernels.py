@@ -69,6 +69,23 @@ def test_gemm_equals_cpp(rng, oracle, levels):
     np.testing.assert_array_equal(pm.gemm(x), ref["y_float"])
 
 
+@pytest.mark.parametrize("levels", ["nf2", "lloyd", "mnz", "asymmetric", "ternary"])
+def test_bitplane_kernel(rng, levels):
+    w = rng.standard_normal((45, 1000)).astype(np.float32)
+    q = qift.quantize(w, levels)
+    pm = qift.PackedMatrix(q)
+    wd = q.dequantize()
+    x = rng.standard_normal(1000).astype(np.float32)
+    y = pm.gemv(x, kernel="bitplane")
+    assert np.all(np.abs(y - wd.astype(np.float64) @ x) <= bound(wd, x[None])[:, 0])
+    xs = rng.standard_normal((6, 1000)).astype(np.float32)
+    ys = pm.gemm(xs, kernel="bitplane")
+    for t in range(6):  # each row of the GEMM is the GEMV of its token, bit for bit
+        np.testing.assert_array_equal(ys[t], pm.gemv(xs[t], kernel="bitplane"))
+    with pytest.raises(ValueError, match="kernel='bitplane' needs float activations"):
+        pm.gemv(qift.quantize_activations(x), kernel="bitplane")
+
+
 def test_packed_matrix_errors(rng):
     w = rng.standard_normal((8, 256)).astype(np.float32)
     a = qift.quantize_activations(rng.standard_normal(256).astype(np.float32))
@@ -87,6 +104,9 @@ def test_packed_matrix_errors(rng):
         pm.gemv(qift.quantize_activations(np.ones((2, 256), np.float32)))
     with pytest.raises(ValueError, match="kernel='shift_add' needs A4 activations"):
         pm.gemv(np.ones(256, np.float32), kernel="shift_add")
+    with pytest.raises(ValueError, match="kernel='bitplane' needs a 2-bit level set linear"):
+        qift.PackedMatrix(qift.quantize(w, "int4")).gemv(np.ones(256, np.float32),
+                                                        kernel="bitplane")
     with pytest.raises(ValueError, match="must be 1-D"):
         pm.gemv(np.ones((2, 256), np.float32))
 
