@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MIT
-// GEMV / GEMM throughput of the W2A4, W2A16 and W4A4 kernels against baselines run in the same
-// process: OpenBLAS sgemv/sgemm, an int8×int8 GEMV, and a plain read of as many bytes as the
-// packed weights (the bandwidth roofline), hot in cache and cold (copies cycled); on one and two
-// threads (the default pool, and the old spawn-per-call executor), the AVX2 kernels forced
-// through their xsimd architecture, and activation quantization alone against its old path.
+// GEMV / GEMM throughput of the W2A4, W2A16 (packed codes and bit planes) and W4A4 kernels
+// against baselines run in the same process: OpenBLAS sgemv/sgemm, an int8×int8 GEMV, and a
+// plain read of as many bytes as the packed weights (the bandwidth roofline), hot in cache and
+// cold (copies cycled); on one and two threads (the default pool, and the old spawn-per-call
+// executor), the AVX2 kernels forced through their xsimd architecture, and activation
+// quantization alone against its old path.
 #include <benchmark/benchmark.h>
 
 #include <atomic>

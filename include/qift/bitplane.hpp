@@ -24,10 +24,10 @@ namespace qift::inline QIFT_ISA {
 /// Symmetric sets ({±a, ±b} in ascending code order) and uniform grids qualify; a three-level
 /// set (ternary) does too, its unused code 3 read as L[1] + L[2] − L[0].
 template <class L>
-concept bit_linear_level_set = level_set<L> && storage_bits<L>
-== 2 &&
-    (level_traits<L>::count == 3 ||
-     (level_traits<L>::count == 4 && L::levels[0] + L::levels[3] == L::levels[1] + L::levels[2]));
+concept bit_linear_level_set = level_set<L> &&(storage_bits<L> == 2) &&
+                               (level_traits<L>::count == 3 ||
+                                (level_traits<L>::count == 4 &&
+                                 L::levels[0] + L::levels[3] == L::levels[1] + L::levels[2]));
 
 /// True when this build's default architecture (xsimd::default_arch) runs the AVX-512
 /// bit-plane tile; without it the products run a portable lane loop.
@@ -48,9 +48,10 @@ inline constexpr bool bitplane_native =
 /// permutes, 2 adds and (amortized over 32 rows) 2 shifts, against 5 permutes and 5 FMAs for
 /// the per-row 16-entry table of packed_matrix's tile. Measured in bench_gemv (README).
 ///
-/// Layout. Rows form tiles of 32 (the last one padded with zero rows), columns chunks of 30
-/// (the last padded with zero bits), and chunks panels of 32 (960 columns; the last panel may
-/// have fewer). One tile's part of one chunk is 64 consecutive 32-bit words, four registers of 16:
+/// Layout. Rows form tiles of 32 (the last one padded with zero rows), columns form chunks of
+/// 30 (the last padded with zero bits), and chunks form panels of 32 (960 columns; the last
+/// panel may have fewer chunks). One tile's part of one chunk is 64 consecutive 32-bit words, four
+/// registers of 16:
 ///   [high bits, rows 0-15][low bits, rows 0-15][high bits, rows 16-31][low bits, rows 16-31]
 /// (rows relative to the tile). In word i of a register, bit 5f + b (f < 6, b < 5) is that
 /// row's bit of the code of column 30c + 5f + b; bits 30 and 31 are zero. Storage is panel-major:
