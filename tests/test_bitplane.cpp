@@ -15,6 +15,7 @@ namespace {
 
 using qift::test::gaussian_matrix;
 using qift::test::max_product_error;
+using qift::test::on_every_target;
 using qift::test::quantize_fast;
 
 // A 2-bit set whose levels are not linear in the code bits (-1 + 1 != 0 + 0.5).
@@ -35,17 +36,12 @@ static_assert(qift::level_set<bitplane_skewed_set> &&
 static_assert(!qift::bit_linear_level_set<qift::levels::int4>);
 static_assert(!qift::bit_linear_level_set<qift::levels::binary>);
 
-// Runs check.template operator()<Arch>() for each target this build can run.
-template <class Check>
-void bitplane_on_every_target(const Check& check) {
-    check.template operator()<xsimd::default_arch>();
-#if defined(__AVX2__) && defined(__FMA__)
-    check.template operator()<xsimd::avx2>();
-#endif
-#if defined(__SSE4_2__)
-    check.template operator()<xsimd::sse4_2>();
-#endif
-}
+// A quantized matrix in bit planes, its dequantized weights and activations [tokens][cols].
+template <class L>
+struct bitplane_case {
+    qift::bitplane_matrix<L> planes;
+    qift::matrix<float> weights, x;
+};
 
 }  // namespace
 
@@ -87,22 +83,24 @@ TEST_CASE_TEMPLATE("bitplane gemv matches its reference and dequantize-then-matm
                    L, qift::levels::nf2, qift::levels::lloyd, qift::levels::mnz,
                    qift::levels::pot_mnz, qift::levels::asymmetric, qift::levels::ternary) {
     unsigned seed = 200;
+    std::vector<bitplane_case<L>> cases;
     for (std::size_t rows : {1u, 15u, 16u, 17u, 33u, 70u})
         for (std::size_t cols : {1u, 4u, 5u, 29u, 30u, 31u, 65u, 257u, 4097u}) {
-            const auto w = gaussian_matrix(rows, cols, seed++);
-            const auto x = gaussian_matrix(1, cols, seed++);
-            const auto q = quantize_fast<L>(w);
-            const qift::bitplane_matrix<L> b(q);
-            const auto wq = q.dequantize();
+            const auto q = quantize_fast<L>(gaussian_matrix(rows, cols, seed++));
+            cases.push_back(
+                {qift::bitplane_matrix<L>(q), q.dequantize(), gaussian_matrix(1, cols, seed++)});
+            const auto& c = cases.back();
             std::vector<float> yr(rows);
-            qift::gemv_reference(b, x.row(0), yr);
-            CHECK(max_product_error(yr, wq, x.row(0)) <= 1e-5);
-            bitplane_on_every_target([&]<class Arch>() {
-                std::vector<float> y(rows, -1.0f);
-                qift::gemv(b, x.row(0), y, Arch{});
-                CHECK(max_product_error(y, wq, x.row(0)) <= 1e-5);
-            });
+            qift::gemv_reference(c.planes, c.x.row(0), yr);
+            CHECK(max_product_error(yr, c.weights, c.x.row(0)) <= 1e-5);
         }
+    on_every_target([&]<class Arch>() {
+        for (const auto& c : cases) {
+            std::vector<float> y(c.planes.rows(), -1.0f);
+            qift::gemv(c.planes, c.x.row(0), y, Arch{});
+            CHECK(max_product_error(y, c.weights, c.x.row(0)) <= 1e-5);
+        }
+    });
 }
 
 TEST_CASE("bitplane gemv: closed forms on constant codes and large activations") {
@@ -124,7 +122,7 @@ TEST_CASE("bitplane gemv: closed forms on constant codes and large activations")
         x[k] = std::ldexp(k % 2 ? -1.0f : 1.0f, int(k % 81) - 40);
         sum += double(x[k]);
     }
-    bitplane_on_every_target([&]<class Arch>() {
+    on_every_target([&]<class Arch>() {
         std::vector<float> y(rows);
         qift::gemv(b, std::span<const float>(x), y, Arch{});
         for (std::size_t r = 0; r < rows; ++r) {
@@ -137,32 +135,34 @@ TEST_CASE("bitplane gemv: closed forms on constant codes and large activations")
 TEST_CASE_TEMPLATE("bitplane gemm rows equal the gemv bit for bit, on one thread and on the pool",
                    L, qift::levels::nf2, qift::levels::asymmetric) {
     unsigned seed = 300;
+    std::vector<bitplane_case<L>> cases;
     // 1100 x 1000 crosses the work threshold of the parallel split; 70 x 31 stays serial.
     for (const auto& shape : {std::pair<std::size_t, std::size_t>{70, 31}, {1100, 1000}})
         for (std::size_t tokens : {1u, 2u, 3u, 4u, 5u, 9u}) {
-            const std::size_t rows = shape.first, cols = shape.second;
-            const auto q = quantize_fast<L>(gaussian_matrix(rows, cols, seed++));
-            const qift::bitplane_matrix<L> b(q);
-            const auto x = gaussian_matrix(tokens, cols, seed++);
-            bitplane_on_every_target([&]<class Arch>() {
-                qift::matrix<float> y(tokens, rows), y1(tokens, rows);
-                qift::gemm(b, x.view(), y.view(), Arch{});
-                qift::set_parallel_executor(qift::serial_executor);
-                bool same = true;
-                for (std::size_t t = 0; t < tokens; ++t) {
-                    std::vector<float> g(rows);
-                    qift::gemv(b, x.row(t), g, Arch{});
-                    for (std::size_t r = 0; r < rows; ++r) same = same && g[r] == y(t, r);
-                }
-                qift::gemm(b, x.view(), y1.view(), Arch{});
-                qift::set_parallel_executor(nullptr);
-                CHECK(same);
-                CHECK(std::equal(y.flat().begin(), y.flat().end(), y1.flat().begin()));
-                const auto wq = q.dequantize();
-                for (std::size_t t = 0; t < tokens; ++t)
-                    CHECK(max_product_error(y.row(t), wq, x.row(t)) <= 1e-5);
-            });
+            const auto q = quantize_fast<L>(gaussian_matrix(shape.first, shape.second, seed++));
+            cases.push_back({qift::bitplane_matrix<L>(q), q.dequantize(),
+                             gaussian_matrix(tokens, shape.second, seed++)});
         }
+    on_every_target([&]<class Arch>() {
+        for (const auto& c : cases) {
+            const std::size_t tokens = c.x.rows(), rows = c.planes.rows();
+            qift::matrix<float> y(tokens, rows), y1(tokens, rows);
+            qift::gemm(c.planes, c.x.view(), y.view(), Arch{});
+            qift::set_parallel_executor(qift::serial_executor);
+            bool same = true;
+            for (std::size_t t = 0; t < tokens; ++t) {
+                std::vector<float> g(rows);
+                qift::gemv(c.planes, c.x.row(t), g, Arch{});
+                for (std::size_t r = 0; r < rows; ++r) same = same && g[r] == y(t, r);
+            }
+            qift::gemm(c.planes, c.x.view(), y1.view(), Arch{});
+            qift::set_parallel_executor(nullptr);
+            CHECK(same);
+            CHECK(std::equal(y.flat().begin(), y.flat().end(), y1.flat().begin()));
+            for (std::size_t t = 0; t < tokens; ++t)
+                CHECK(max_product_error(y.row(t), c.weights, c.x.row(t)) <= 1e-5);
+        }
+    });
 }
 
 TEST_CASE("bitplane_matrix and its products reject bad input") {

@@ -17,36 +17,11 @@
 #include <utility>
 #include <vector>
 
+#include "test_support.hpp"
+
 namespace {
 
-// Runs check.template operator()<Arch>() in a SUBCASE for each instruction set compiled in:
-// AVX-512F, FMA3+AVX2, AVX2, SSE2 (those this build's flags allow) and xsimd's default.
-template <class Check>
-void on_every_target(const Check& check) {
-#if XSIMD_WITH_AVX512F
-    SUBCASE("avx512f") {
-        check.template operator()<xsimd::avx512f>();
-    }
-#endif
-#if XSIMD_WITH_FMA3_AVX2
-    SUBCASE("fma3<avx2>") {
-        check.template operator()<xsimd::fma3<xsimd::avx2>>();
-    }
-#endif
-#if XSIMD_WITH_AVX2
-    SUBCASE("avx2") {
-        check.template operator()<xsimd::avx2>();
-    }
-#endif
-#if XSIMD_WITH_SSE2
-    SUBCASE("sse2") {
-        check.template operator()<xsimd::sse2>();
-    }
-#endif
-    SUBCASE("default_arch") {
-        check.template operator()<xsimd::default_arch>();
-    }
-}
+using qift::test::on_every_target;
 
 // The paley_core of a field GF(q) used as kind 1 (Paley I) or 2 (Paley II).
 qift::detail::paley_core field_core(int kind, std::size_t q) {

@@ -2,6 +2,8 @@
 // Small helpers shared by the test files: seeded random matrices and a quick quantizer.
 #pragma once
 
+#include <doctest/doctest.h>
+
 #include <qift/core.hpp>
 #include <qift/scale.hpp>
 
@@ -36,6 +38,36 @@ quantized_matrix<L> quantize_fast(const matrix<float>& w) {
     scale_options opt;
     opt.rule = scale_rule::max;
     return quantize<L>(w, opt);
+}
+
+/// Runs check.template operator()<Arch>() in a SUBCASE for each instruction set compiled in:
+/// AVX-512F, FMA3+AVX2, AVX2, SSE2 (those this build's flags allow) and xsimd's default. (Call
+/// it outside loops: a SUBCASE met again in a later iteration is not re-entered.)
+template <class Check>
+void on_every_target(const Check& check) {
+#if XSIMD_WITH_AVX512F
+    SUBCASE("avx512f") {
+        check.template operator()<xsimd::avx512f>();
+    }
+#endif
+#if XSIMD_WITH_FMA3_AVX2
+    SUBCASE("fma3<avx2>") {
+        check.template operator()<xsimd::fma3<xsimd::avx2>>();
+    }
+#endif
+#if XSIMD_WITH_AVX2
+    SUBCASE("avx2") {
+        check.template operator()<xsimd::avx2>();
+    }
+#endif
+#if XSIMD_WITH_SSE2
+    SUBCASE("sse2") {
+        check.template operator()<xsimd::sse2>();
+    }
+#endif
+    SUBCASE("default_arch") {
+        check.template operator()<xsimd::default_arch>();
+    }
 }
 
 /// max_r |y[r] − Σ_k w(r,k)·x[k]| / Σ_k |w(r,k)·x[k]|, the sums in double: the error measure of

@@ -124,10 +124,6 @@ class bitplane_matrix {
     const std::uint32_t* chunk_data(std::size_t t, std::size_t c) const noexcept {
         return planes_.data() + chunk_offset(t, c);
     }
-    /// Panels of panel_chunks chunks (the last may be shorter).
-    std::size_t panels() const noexcept {
-        return (chunks_ + geometry::panel_chunks - 1) / geometry::panel_chunks;
-    }
     /// Bytes of planes a product streams.
     std::size_t plane_bytes() const noexcept { return planes_.size() * sizeof(std::uint32_t); }
     /// a_r, b_r, c_r of the row formula above (rows() values each).
@@ -148,6 +144,17 @@ class bitplane_matrix {
     std::size_t rows_ = 0, cols_ = 0, tiles_ = 0, chunks_ = 0;
     aligned_vector<std::uint32_t> planes_;
     aligned_vector<float> scales_, zeros_, coefficients_;
+};
+
+/// bitplane_matrix<L> when Planes, else Otherwise: a type choice that never names
+/// bitplane_matrix<L> for a set it rejects (std::conditional_t would).
+template <class L, bool Planes, class Otherwise>
+struct bitplane_if {
+    using type = Otherwise;
+};
+template <class L, class Otherwise>
+struct bitplane_if<L, true, Otherwise> {
+    using type = bitplane_matrix<L>;
 };
 
 namespace detail {

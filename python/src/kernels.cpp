@@ -264,17 +264,8 @@ class any_packed {
                          kernel_choice k) const = 0;
 };
 
-// The bit planes a packed_holder keeps for kernel='bitplane' (nothing for other sets; a
-// specialization, so that bitplane_matrix<L> is never named for them).
+// (no_planes: what a packed_holder keeps in place of bit planes for sets they reject.)
 struct no_planes {};
-template <class L, bool Planes>
-struct planes_of {
-    using type = no_planes;
-};
-template <class L>
-struct planes_of<L, true> {
-    using type = bitplane_matrix<L>;
-};
 
 template <packed_level_set L>
 class packed_holder final : public any_packed {
@@ -344,7 +335,7 @@ class packed_holder final : public any_packed {
   private:
     packed_matrix<L> p_;
     mutable std::once_flag planes_once_;
-    mutable typename planes_of<L, bit_linear_level_set<L>>::type planes_;
+    mutable typename bitplane_if<L, bit_linear_level_set<L>, no_planes>::type planes_;
 };
 
 std::shared_ptr<any_packed> make_packed(const any_quantized& q) {

@@ -176,27 +176,14 @@ class float_weights {
     matrix<float> neg_t_;
 };
 
-namespace detail {
-// (A specialization, not std::conditional_t: bitplane_matrix<L> must not be named for sets it
-// rejects.)
-template <class L, bool Planes>
-struct linear_weights_select {
-    using type = packed_matrix<L>;
-};
-template <class L>
-struct linear_weights_select<L, true> {
-    using type = bitplane_matrix<L>;
-};
-}  // namespace detail
-
 /// The kernel form a `linear` keeps for a per-row quantization with level set L: bit planes
 /// (bitplane.hpp) for the sets only the float W2A16 path runs (no integer form: NF2, Lloyd)
 /// when this build's default architecture has the AVX-512 bit-plane tile, packed codes
 /// otherwise (on AVX2 the packed tile is the faster one).
 template <packed_level_set L>
 using linear_weights_for =
-    typename detail::linear_weights_select<L, !integer_dot_level_set<L> &&
-                                                  bit_linear_level_set<L> && bitplane_native>::type;
+    typename bitplane_if<L, !integer_dot_level_set<L> && bit_linear_level_set<L> && bitplane_native,
+                         packed_matrix<L>>::type;
 
 /// The weight formats a `linear` can hold (a closed list, so that a forward call is one
 /// variant dispatch and no virtual call). A set outside it is rejected at compile time.
