@@ -97,6 +97,16 @@ inline constexpr std::size_t bitplane_prefetch_distance = 65536;
 /// 4096² / 11008×4096, 3-4 rounds each: far 8 KiB without near 55-64% / -; far 8 KiB 62-64% /
 /// 66-72%; 32 KiB 57-69% / 69-75%; 64 KiB 64-70% / 67-73%; 128 KiB 57-62% / 71-73% (the packed
 /// tile in the same runs: 62-65% / 56-61%).
+/// Staging: each chunk's four lines are loaded in a rolled loop, each line next to its two
+/// prefetches, and stored to an aligned stack buffer that the field loop then reads. This is
+/// an empirical form (the VM has no performance counters to say why); the same work with the
+/// loop unrolled, the loads kept in registers or folded into the shifts, or the prefetches in a
+/// loop of their own ran cold at 60-73% in the same harness (4096², mean of 3 × 0.3 s, 2 runs
+/// each); the staged form 77-82%. In bench_gemv (one process each, 2 runs, medians of 3), cold
+/// went from 51-66% to 74-93% of the read roofline over 4096², 11008×4096 and 4096×11008 on one
+/// and two threads; hot, 4096² on one thread went from 185-189 µs to 204-213 µs and the two
+/// 11008 shapes from 640-690 to 526-595; GEMM (4 tokens a pass) within the noise. A synthetic
+/// stream with the same instruction mix showed the same split (84% staged, 69-74% unrolled).
 template <int Tk>
 struct bitplane_tile {
     template <class Arch>
@@ -140,13 +150,18 @@ struct bitplane_tile {
                 acc[j][q] = _mm512_load_ps(sums + (std::size_t(j) * 4 + std::size_t(q)) * G::lanes);
         for (std::size_t c = 0; c < chunks; ++c) {
             const char* p = wb + c * chunk_bytes;
-            __m512i v[4];
-#pragma GCC unroll 4
-            for (int q = 0; q < 4; ++q) {
+            // The chunk's lines go through `stage` in a rolled loop (see the comment above).
+            alignas(64) std::uint32_t stage[G::chunk_words];
+#pragma GCC unroll 1
+            for (std::size_t q = 0; q < 4; ++q) {
                 __builtin_prefetch(p + ahead + 64 * q, 0, Locality);
                 __builtin_prefetch(p + near + 64 * q, 0, 3);
-                v[q] = _mm512_load_si512(p + 64 * q);
+                _mm512_store_si512(stage + G::lanes * q, _mm512_load_si512(p + 64 * q));
             }
+            asm volatile("" : "+m"(stage));  // keeps the stores and loads (no forwarding away)
+            __m512i v[4];
+#pragma GCC unroll 4
+            for (int q = 0; q < 4; ++q) v[q] = _mm512_load_si512(stage + G::lanes * std::size_t(q));
 #pragma GCC unroll 6
             for (unsigned f = 0; f < G::fields; ++f) {
                 __m512i idx[4];
