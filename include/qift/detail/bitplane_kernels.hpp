@@ -102,11 +102,12 @@ inline constexpr std::size_t bitplane_prefetch_distance = 65536;
 /// an empirical form (the VM has no performance counters to say why); the same work with the
 /// loop unrolled, the loads kept in registers or folded into the shifts, or the prefetches in a
 /// loop of their own ran cold at 60-73% in the same harness (4096², mean of 3 × 0.3 s, 2 runs
-/// each); the staged form 77-82%. In bench_gemv (one process each, 2 runs, medians of 3), cold
-/// went from 51-66% to 74-93% of the read roofline over 4096², 11008×4096 and 4096×11008 on one
-/// and two threads; hot, 4096² on one thread went from 185-189 µs to 204-213 µs and the two
-/// 11008 shapes from 640-690 to 526-595; GEMM (4 tokens a pass) within the noise. A synthetic
-/// stream with the same instruction mix showed the same split (84% staged, 69-74% unrolled).
+/// each); the staged form 77-82%. In bench_gemv (medians of 3; 2 runs of the old binary, 3 of
+/// the new), cold went from 51-66% to 70-93% of the read roofline over 4096², 11008×4096 and
+/// 4096×11008 on one and two threads; hot, 4096² on one thread went from 185-189 µs to 204-213 µs
+/// and the two 11008 shapes from 640-690 to 526-595; GEMM (4 tokens a pass) within the noise. A
+/// synthetic stream with the same instruction mix showed the same split (84% staged, 69-74%
+/// unrolled).
 template <int Tk>
 struct bitplane_tile {
     template <class Arch>
