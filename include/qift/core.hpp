@@ -35,6 +35,10 @@
 #define QIFT_HAS_EXCEPTIONS 0
 #endif
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "detail/target.hpp"
 
 // qift::error is the one name outside the target namespace (detail/target.hpp): code built for
@@ -142,7 +146,46 @@ constexpr U checked_size(std::initializer_list<U> dims, std::string_view what) {
 /// width of an AVX-512 register.
 inline constexpr std::size_t buffer_alignment = 64;
 
-/// std::allocator replacement that returns `buffer_alignment`-aligned storage.
+/// The huge page size aligned_allocator aligns its large buffers to (x86-64 and AArch64 with
+/// 4 KiB base pages: 2 MiB).
+inline constexpr std::size_t huge_page_bytes = std::size_t{2} << 20;
+
+// Buffers of at least this many bytes (weights, cold copies, long caches) are aligned to
+// huge_page_bytes and, on Linux, advised as transparent huge pages. Where THP is `madvise` only
+// (a common distribution default, and this project's build VM), large buffers otherwise stream
+// through 4 KiB pages and a cold GEMV pays a TLB miss every 4 KiB. Define it to 0 to turn this
+// off; every translation unit of a program must agree (deallocate derives the alignment from
+// the size, as allocate does).
+#ifndef QIFT_HUGE_PAGE_MIN_BYTES
+#define QIFT_HUGE_PAGE_MIN_BYTES (std::size_t{4} << 20)
+#endif
+
+/// Buffers of at least this many bytes get huge-page alignment and advice (0: none).
+inline constexpr std::size_t huge_page_min_bytes = QIFT_HUGE_PAGE_MIN_BYTES;
+
+namespace detail {
+
+/// Whether aligned_allocator gives a buffer of `bytes` bytes huge-page alignment and advice.
+constexpr bool wants_huge_pages(std::size_t bytes) noexcept {
+    return huge_page_min_bytes != 0 && bytes >= huge_page_min_bytes;
+}
+
+/// Advises the whole huge pages of [p, p + bytes) as transparent huge pages (Linux
+/// madvise(MADV_HUGEPAGE); p huge-page aligned). Advice only: where THP is off or the call
+/// fails, the buffer keeps base pages and nothing else changes. Elsewhere it does nothing.
+inline void advise_huge_pages([[maybe_unused]] void* p,
+                              [[maybe_unused]] std::size_t bytes) noexcept {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const std::size_t whole = bytes / huge_page_bytes * huge_page_bytes;
+    if (whole) (void)::madvise(p, whole, MADV_HUGEPAGE);
+#endif
+}
+
+}  // namespace detail
+
+/// std::allocator replacement that returns `buffer_alignment`-aligned storage, and for
+/// buffers of at least huge_page_min_bytes, huge_page_bytes-aligned storage advised as
+/// transparent huge pages (before its first touch, so the first faults can map huge pages).
 template <class T>
 struct aligned_allocator {
     using value_type = T;
@@ -154,14 +197,22 @@ struct aligned_allocator {
     T* allocate(std::size_t n) {
         const std::size_t bytes =
             detail::checked_size<T>({n}, "aligned_allocator::allocate") * sizeof(T);
-        return static_cast<T*>(::operator new (bytes, std::align_val_t{buffer_alignment}));
+        void* p = ::operator new(bytes, alignment(bytes));
+        if (detail::wants_huge_pages(bytes)) detail::advise_huge_pages(p, bytes);
+        return static_cast<T*>(p);
     }
-    void deallocate(T* p, std::size_t) noexcept {
-        ::operator delete (p, std::align_val_t{buffer_alignment});
+    void deallocate(T* p, std::size_t n) noexcept {
+        ::operator delete(p, alignment(n * sizeof(T)));
     }
     template <class U>
     bool operator==(const aligned_allocator<U>&) const noexcept {
         return true;
+    }
+
+  private:
+    static std::align_val_t alignment(std::size_t bytes) noexcept {
+        return std::align_val_t{detail::wants_huge_pages(bytes) ? huge_page_bytes
+                                                                : buffer_alignment};
     }
 };
 
