@@ -107,7 +107,9 @@ inline constexpr std::size_t bitplane_prefetch_distance = 65536;
 /// 4096×11008 on one and two threads; hot, 4096² on one thread went from 185-189 µs to 204-213 µs
 /// and the two 11008 shapes from 640-690 to 526-595; GEMM (4 tokens a pass) within the noise. A
 /// synthetic stream with the same instruction mix showed the same split (84% staged, 69-74%
-/// unrolled).
+/// unrolled). Clang turned the copy loop into a memcpy of 32-byte moves, whose 64-byte reloads
+/// then missed store forwarding (hot 4096² 287-295 µs against 166-170 unstaged); the empty asm
+/// on each line keeps it one 64-byte load and store (clang 170 µs hot, cold like GCC's).
 template <int Tk>
 struct bitplane_tile {
     template <class Arch>
@@ -157,7 +159,9 @@ struct bitplane_tile {
             for (std::size_t q = 0; q < 4; ++q) {
                 __builtin_prefetch(p + ahead + 64 * q, 0, Locality);
                 __builtin_prefetch(p + near + 64 * q, 0, 3);
-                _mm512_store_si512(stage + G::lanes * q, _mm512_load_si512(p + 64 * q));
+                __m512i line = _mm512_load_si512(p + 64 * q);
+                asm("" : "+v"(line));  // one 64-byte copy (clang would make a ymm memcpy of it)
+                _mm512_store_si512(stage + G::lanes * q, line);
             }
             asm volatile("" : "+m"(stage));  // keeps the stores and loads (no forwarding away)
             __m512i v[4];
