@@ -241,23 +241,16 @@ TEST_CASE("aligned_allocator: large buffers are huge-page aligned and advised") 
     CHECK(reinterpret_cast<std::uintptr_t>(small) % qift::buffer_alignment == 0);
     alloc.deallocate(small, 1000);
     if (qift::huge_page_min_bytes == 0) return;  // built with the advice off
+    // Just below the threshold and just over it (not a whole number of huge pages). Each
+    // deallocate must pass the alignment its allocate used; ASan (the asan preset) reports a
+    // mismatch, and the vector's value-initialization writes every byte of the big buffer.
     const std::size_t below = qift::huge_page_min_bytes / sizeof(float) - 1;
     float* b = alloc.allocate(below);
     CHECK(reinterpret_cast<std::uintptr_t>(b) % qift::buffer_alignment == 0);
     alloc.deallocate(b, below);
-    // A byte vector just over the threshold, not a whole number of huge pages: aligned to one,
-    // and every byte usable.
-    const std::size_t n = qift::huge_page_min_bytes + 12345;
-    qift::aligned_vector<std::uint8_t> v(n);
+    const qift::aligned_vector<std::uint8_t> v(qift::huge_page_min_bytes + 12345);
     const auto at = reinterpret_cast<std::uintptr_t>(v.data());
     CHECK(at % qift::huge_page_bytes == 0);
-    for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<std::uint8_t>(i * 7);
-    std::uint64_t sum = 0, expect = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-        sum += v[i];
-        expect += static_cast<std::uint8_t>(i * 7);
-    }
-    CHECK(sum == expect);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     // madvise(MADV_HUGEPAGE) marks the mapping "hg" in smaps whatever the THP mode. Where a
     // probe mapping advised here does not show it (no THP in the kernel, no smaps in a sandbox,

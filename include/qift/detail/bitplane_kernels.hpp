@@ -88,15 +88,17 @@ inline constexpr std::size_t bitplane_prefetch_distance = 65536;
 /// token j's tables tables[j] (bitplane_tables, pointing at the first of these chunks).
 /// AVX-512: per chunk 4 loads, and per field 4 shifts and, per token, 4 two-source permutes
 /// (vpermi2ps: one 32-entry lookup for 16 rows × 5 activations) and 4 adds. Elsewhere: the same
-/// lookups lane by lane.
+/// lookups lane by lane. The 4 loads go through a stack buffer (staging, below).
+///
 /// Prefetch (AVX-512): a far prefetch into L2 (bitplane_prefetch_distance ahead) plus a near
 /// one into L1 (4 chunks ahead). Cold, without the near one and with the tables in L2 (before
 /// the column panels), the GEMV took the read time plus the hot compute time: the tables' L1
-/// misses compete with the weight stream for the fill buffers. Measured on the 2-core SPR VM,
-/// one thread, mean of 3 × 0.3 s over 256 MiB of copies, % of the read of the packed bytes,
-/// 4096² / 11008×4096, 3-4 rounds each: far 8 KiB without near 55-64% / -; far 8 KiB 62-64% /
-/// 66-72%; 32 KiB 57-69% / 69-75%; 64 KiB 64-70% / 67-73%; 128 KiB 57-62% / 71-73% (the packed
-/// tile in the same runs: 62-65% / 56-61%).
+/// misses compete with the weight stream for the fill buffers. Measured before the staging, on
+/// the 2-core SPR VM, one thread, mean of 3 × 0.3 s over 256 MiB of copies, % of the read of
+/// the packed bytes, 4096² / 11008×4096, 3-4 rounds each: far 8 KiB without near 55-64% / -; far 8
+/// KiB 62-64% / 66-72%; 32 KiB 57-69% / 69-75%; 64 KiB 64-70% / 67-73%; 128 KiB 57-62% / 71-73%
+/// (the packed tile in the same runs: 62-65% / 56-61%).
+///
 /// Staging: each chunk's four lines are loaded in a rolled loop, each line next to its two
 /// prefetches, and stored to an aligned stack buffer that the field loop then reads. This is
 /// an empirical form (the VM has no performance counters to say why); the same work with the
